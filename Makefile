@@ -1,0 +1,45 @@
+# Every target installs what it needs first, so each works on a fresh clone.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all lint format teacher distill benchmark clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+# The small digits teacher: trained once, then reused by `make distill`.
+artifacts/digits-teacher/unet/config.json: $(STAMP) configs/teacher.yaml
+	$(VENV)/bin/repfusion fit --config configs/teacher.yaml
+
+teacher: artifacts/digits-teacher/unet/config.json
+
+# The project's main job: distil the digits teacher into a ResNet-18 with the timestep policy.
+distill: artifacts/digits-teacher/unet/config.json
+	$(VENV)/bin/repfusion fit --config configs/distill.yaml
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/teacher_cost.py
+
+clean:
+	rm -rf artifacts lightning_logs

@@ -1,0 +1,45 @@
+"""RepFusion in PyTorch Lightning: distil a diffusion model into a recognition backbone."""
+
+from repfusion_pl.distill import RepFusionDistillation
+from repfusion_pl.losses import (
+    AttentionTransferLoss,
+    DenseL1Loss,
+    DenseMSELoss,
+    FeatureLoss,
+    InfoNCELoss,
+    NormalizedMSELoss,
+    PooledMSELoss,
+    RKDLoss,
+)
+from repfusion_pl.students import Student
+from repfusion_pl.teacher_training import DiffusionTeacherTraining
+from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.timesteps import (
+    FixedTimestep,
+    LinearDecayTimestep,
+    PolicyTimestep,
+    TimestepSampler,
+    UniformTimestep,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionTransferLoss",
+    "DenseL1Loss",
+    "DenseMSELoss",
+    "DiffusionTeacher",
+    "DiffusionTeacherTraining",
+    "FeatureLoss",
+    "FixedTimestep",
+    "InfoNCELoss",
+    "LinearDecayTimestep",
+    "NormalizedMSELoss",
+    "PolicyTimestep",
+    "PooledMSELoss",
+    "RKDLoss",
+    "RepFusionDistillation",
+    "Student",
+    "TimestepSampler",
+    "UniformTimestep",
+]

@@ -1,0 +1,222 @@
+"""RepFusionDistillation: a frozen diffusion teacher, a timestep sampler, a student and a feature loss."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+
+from repfusion_pl.losses import FeatureLoss, PooledMSELoss
+from repfusion_pl.students import Student
+from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.timesteps import TimestepSampler, UniformTimestep
+
+
+def drop_live_object_hparams(module: LightningModule) -> None:
+    """Keep only hyperparameters that a weights-only checkpoint can hold.
+
+    Under LightningCLI, component arguments arrive in ``hparams`` as ``class_path`` dicts, which
+    rebuild the run on resume. Built in plain Python they are live modules and callables: those are
+    dropped here rather than pickled into every checkpoint.
+    """
+    live = [key for key, value in module.hparams.items() if isinstance(value, nn.Module) or callable(value)]
+    module.remove_ignored_hparams(live)
+    for key in live:
+        module._hparams_initial.pop(key, None)
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError("distillation batches must be an image tensor or an (images, labels) pair")
+
+
+class RepFusionDistillation(LightningModule):
+    """Distil a frozen diffusion UNet into a student backbone (RepFusion, ICCV 2023).
+
+    Each step: a sampler picks t per image; the teacher returns features at its tapped layers;
+    1x1 projectors map each student tap onto its paired teacher tap; the feature loss compares
+    them. A learned sampler adds its own losses (task head, REINFORCE, entropy). Only the feature
+    loss reaches the student; the teacher receives no gradient at all.
+
+    Args:
+        teacher: The frozen diffusion teacher and its tapped layers.
+        student: The backbone to train and its taps, paired with the teacher's in order.
+        sampler: Timestep selection; default `UniformTimestep` over [0, 50).
+        feature_loss: Distance between projected student and teacher features; default pooled MSE.
+        head_layer: Teacher layer whose pooled features feed a learned sampler's task head;
+            default the first teacher layer.
+        optimizer: Builds the optimiser from parameter groups (student + projectors, then the
+            sampler); default SGD(lr=0.1, momentum=0.9, weight_decay=1e-4), the authors' choice.
+        lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
+        sampler_lr: Learning rate of the sampler's group (policy + task head); default the
+            optimiser's.
+    """
+
+    def __init__(
+        self,
+        teacher: DiffusionTeacher,
+        student: Student,
+        sampler: TimestepSampler | None = None,
+        feature_loss: FeatureLoss | None = None,
+        head_layer: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        sampler_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        drop_live_object_hparams(self)
+        self.teacher = teacher
+        self.student = student
+        self.sampler = sampler if sampler is not None else UniformTimestep()
+        self.feature_loss = feature_loss if feature_loss is not None else PooledMSELoss()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.sampler_lr = sampler_lr
+        self.head_layer = head_layer or teacher.layers[0]
+        if self.head_layer not in teacher.feature_shapes:
+            raise ValueError(f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}")
+        self.projectors = self._build_projectors()
+        self.sampler.build(
+            teacher.num_train_timesteps, teacher.feature_shapes[self.head_layer][0], teacher.in_channels
+        )
+        self.register_buffer("_epoch_counts", torch.zeros(teacher.num_train_timesteps), persistent=False)
+        self.timestep_history: list[list[int]] = []
+        self._rng: torch.Generator | None = None
+
+    def _build_projectors(self) -> nn.ModuleList:
+        teacher, student = self.teacher, self.student
+        if len(teacher.layers) != len(student.taps):
+            raise ValueError(
+                f"teacher taps {teacher.layers} and student taps {student.taps} must pair up one to one"
+            )
+        if student.in_channels != teacher.in_channels:
+            raise ValueError(
+                f"the student takes {student.in_channels}-channel images but the teacher takes "
+                f"{teacher.in_channels}; both see the same batch, so set student in_channels to "
+                f"{teacher.in_channels}"
+            )
+        student_shapes = student.feature_shapes(teacher.sample_size)
+        projectors = []
+        for s_name, t_name in zip(student.taps, teacher.layers, strict=True):
+            (s_ch, *s_hw), (t_ch, *t_hw) = student_shapes[s_name], teacher.feature_shapes[t_name]
+            if self.feature_loss.dense:
+                self._check_matchable(s_name, tuple(s_hw), t_name, tuple(t_hw))
+            projectors.append(nn.Conv2d(s_ch, t_ch, kernel_size=1))
+        return nn.ModuleList(projectors)
+
+    def _check_matchable(self, s_name: str, s_hw: tuple, t_name: str, t_hw: tuple) -> None:
+        s_h, s_w = s_hw
+        t_h, t_w = t_hw
+        if s_h * t_w != s_w * t_h or (s_h * s_w == 1 and t_h * t_w > 1):
+            raise ValueError(
+                f"{type(self.feature_loss).__name__} compares maps position by position, but student tap "
+                f"{s_name!r} gives {s_h}x{s_w} and teacher layer {t_name!r} gives {t_h}x{t_w} at "
+                f"{self.teacher.sample_size} px: they cannot be matched by resizing. Tap an earlier "
+                "student stage, use stem: cifar for small images, or use a pooled loss (PooledMSELoss)."
+            )
+
+    def distillation_terms(self, images: Tensor, labels: Tensor | None) -> tuple[dict[str, Tensor], dict]:
+        """All loss terms and log values for one batch."""
+        draw = self.sampler.draw(images, self._rng)
+        teacher_feats = self.teacher(images, draw.timesteps, labels)
+        student_feats = self.student(images)
+        terms: dict[str, Tensor] = {}
+        for projector, s_name, t_name in zip(self.projectors, self.student.taps, self.teacher.layers, strict=True):
+            key = "feature" if len(self.projectors) == 1 else f"feature/{t_name}"
+            terms[key] = self.feature_loss(projector(student_feats[s_name]), teacher_feats[t_name])
+        extra = self.sampler.step_loss(draw, teacher_feats[self.head_layer], labels)
+        terms.update(extra.losses)
+        t = draw.timesteps.float()
+        logs = {"t_mean": t.mean(), "t_std": t.std(unbiased=False), **extra.logs}
+        self._epoch_counts += torch.bincount(draw.timesteps, minlength=len(self._epoch_counts))
+        return terms, logs
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels = _split_batch(batch)
+        terms, logs = self.distillation_terms(images, labels)
+        total = torch.stack(list(terms.values())).sum()
+        if not torch.isfinite(total):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite distillation loss at step {self.global_step} (epoch {self.current_epoch}): "
+                f"term(s) {bad} = {[float(terms[b]) for b in bad]}. Lower the learning rate or the loss "
+                "weight, or check the inputs for NaN/Inf."
+            )
+        batch_size = images.shape[0]
+        self.log("train/loss", total, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        for name, value in {**terms, **logs}.items():
+            self.log(f"train/{name}", value, sync_dist=True, batch_size=batch_size)
+        return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = _split_batch(batch)
+        draw = self.sampler.draw(images, self._rng)
+        teacher_feats = self.teacher(images, draw.timesteps, labels)
+        student_feats = self.student(images)
+        loss = sum(
+            self.feature_loss(proj(student_feats[s]), teacher_feats[t])
+            for proj, s, t in zip(self.projectors, self.student.taps, self.teacher.layers, strict=True)
+        )
+        self.log("val/feature", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+
+    def on_fit_start(self) -> None:
+        # One generator per rank, so each DDP process draws its own timesteps.
+        seed = (torch.initial_seed() + 7919 * self.global_rank) % 2**63
+        self._rng = torch.Generator(device=self.device).manual_seed(seed)
+
+    def on_train_epoch_start(self) -> None:
+        self.sampler.set_epoch(self.current_epoch)
+        self._epoch_counts.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        counts = self.all_gather(self._epoch_counts)
+        counts = counts.sum(0) if counts.dim() > 1 else counts
+        self.timestep_history.append(counts.long().tolist())
+        if isinstance(self.logger, TensorBoardLogger) and counts.sum() > 0:
+            values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
+            self.logger.experiment.add_histogram("train/timesteps", values, self.current_epoch)
+
+    def on_train_end(self) -> None:
+        log_dir = self.trainer.log_dir
+        if self.trainer.is_global_zero and log_dir is not None and self.timestep_history:
+            path = Path(log_dir) / "timestep_counts.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}))
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Student + projectors first; the learned sampler (policy, task head) second, if any."""
+
+        def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+            return [p for p in params if p.requires_grad]
+
+        groups: list[dict[str, Any]] = [
+            {"name": "student", "params": trainable([*self.student.parameters(), *self.projectors.parameters()])}
+        ]
+        sampler_params = trainable(self.sampler.parameters())
+        if sampler_params:
+            group: dict[str, Any] = {"name": "sampler", "params": sampler_params}
+            if self.sampler_lr is not None:
+                group["lr"] = self.sampler_lr
+            groups.append(group)
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        groups = self.parameter_groups()
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
+        else:
+            optimizer = self.optimizer_factory(groups)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}

@@ -1,0 +1,145 @@
+"""Train a small pixel-space DDPM (diffusers UNet2DModel + DDPMScheduler) to serve as a teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+
+def build_unet(
+    sample_size: int,
+    in_channels: int,
+    block_out_channels: Sequence[int],
+    layers_per_block: int,
+    attention_levels: Sequence[int],
+    norm_num_groups: int,
+) -> UNet2DModel:
+    """A diffusers UNet2DModel with self-attention at the given resolution levels."""
+    levels = range(len(block_out_channels))
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in levels),
+        up_block_types=tuple(
+            "AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(levels)
+        ),
+        norm_num_groups=norm_num_groups,
+        attention_head_dim=None,
+    )
+
+
+class DiffusionTeacherTraining(LightningModule):
+    """Train a DDPM on unlabelled images with the epsilon objective, then save it as a pipeline.
+
+    At the end of ``fit`` the model is written with ``DDPMPipeline.save_pretrained`` to
+    ``output_dir`` (``unet/`` + ``scheduler/``), so `DiffusionTeacher` and diffusers load it like
+    any hub model. Batch labels, if any, are ignored.
+
+    Args:
+        output_dir: Where the trained pipeline is written.
+        sample_size: Image side in pixels.
+        in_channels: Image channels.
+        block_out_channels: UNet widths per resolution level.
+        layers_per_block: ResNet blocks per level.
+        attention_levels: Indices of the levels that get self-attention.
+        norm_num_groups: GroupNorm groups (must divide every width).
+        num_train_timesteps: T of the noise schedule.
+        beta_schedule: The diffusers beta schedule name.
+        input_range: The (low, high) range of the data's images, mapped onto [-1, 1].
+        lr: AdamW learning rate.
+        warmup_steps: Linear learning-rate warm-up.
+    """
+
+    def __init__(
+        self,
+        output_dir: str = "artifacts/teacher",
+        sample_size: int = 16,
+        in_channels: int = 1,
+        block_out_channels: Sequence[int] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention_levels: Sequence[int] = (2,),
+        norm_num_groups: int = 8,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        lr: float = 2e-3,
+        warmup_steps: int = 100,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.unet = build_unet(
+            sample_size, in_channels, block_out_channels, layers_per_block, attention_levels, norm_num_groups
+        )
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+
+    def _to_unit_range(self, images: Tensor) -> Tensor:
+        low, high = self.hparams.input_range
+        return (images - low) / (high - low) * 2 - 1
+
+    def denoising_loss(self, images: Tensor) -> Tensor:
+        """Epsilon-prediction MSE at uniformly drawn timesteps."""
+        x0 = self._to_unit_range(images)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        return F.mse_loss(self.unet(noisy, t).sample, noise)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss = self.denoising_loss(images)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss = self.denoising_loss(images)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        warmup = max(1, self.hparams.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def save_pipeline(self, directory: str | Path) -> Path:
+        """Write the UNet and its schedule as a diffusers ``DDPMPipeline`` folder."""
+        directory = Path(directory)
+        DDPMPipeline(unet=self.unet, scheduler=self.noise_scheduler).save_pretrained(directory)
+        return directory
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            path = self.save_pipeline(self.hparams.output_dir)
+            print(f"teacher written to {path} (load it with DiffusionTeacher(source={str(path)!r}))")
+
+
+def load_training_checkpoint(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Rebuild the UNet and schedule from a `DiffusionTeacherTraining` checkpoint, strictly."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "block_out_channels" not in hparams or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a DiffusionTeacherTraining checkpoint (no UNet hyperparameters)")
+    unet = build_unet(
+        hparams["sample_size"],
+        hparams["in_channels"],
+        hparams["block_out_channels"],
+        hparams["layers_per_block"],
+        hparams["attention_levels"],
+        hparams["norm_num_groups"],
+    )
+    weights = {k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    unet.load_state_dict(weights, strict=True)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=hparams["num_train_timesteps"], beta_schedule=hparams["beta_schedule"]
+    )
+    return unet, scheduler
