@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
 # The small digits teacher: trained once, then reused by `make distill`.
-artifacts/digits-teacher/unet/config.json: $(STAMP) configs/teacher.yaml
+artifacts/digits-teacher/unet/config.json: configs/teacher.yaml | $(STAMP)
 	$(VENV)/bin/repfusion fit --config configs/teacher.yaml
 
 teacher: artifacts/digits-teacher/unet/config.json

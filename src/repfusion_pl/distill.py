@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -26,10 +27,12 @@ def drop_live_object_hparams(module: LightningModule) -> None:
     rebuild the run on resume. Built in plain Python they are live modules and callables: those are
     dropped here rather than pickled into every checkpoint.
     """
-    live = [key for key, value in module.hparams.items() if isinstance(value, nn.Module) or callable(value)]
+    hparams: dict[str, Any] = dict(module.hparams)
+    live = [key for key, value in hparams.items() if isinstance(value, nn.Module) or callable(value)]
     module.remove_ignored_hparams(live)
+    initial = cast(dict[str, Any], module._hparams_initial)
     for key in live:
-        module._hparams_initial.pop(key, None)
+        initial.pop(key, None)
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -74,7 +77,9 @@ class RepFusionDistillation(LightningModule):
         sampler_lr: float | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # live modules are dropped just below; no need to warn
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         drop_live_object_hparams(self)
         self.teacher = teacher
         self.student = student
@@ -85,12 +90,15 @@ class RepFusionDistillation(LightningModule):
         self.sampler_lr = sampler_lr
         self.head_layer = head_layer or teacher.layers[0]
         if self.head_layer not in teacher.feature_shapes:
-            raise ValueError(f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}")
+            raise ValueError(
+                f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}"
+            )
         self.projectors = self._build_projectors()
         self.sampler.build(
             teacher.num_train_timesteps, teacher.feature_shapes[self.head_layer][0], teacher.in_channels
         )
-        self.register_buffer("_epoch_counts", torch.zeros(teacher.num_train_timesteps), persistent=False)
+        # A plain tensor, not a buffer: DDP would overwrite every rank's counts with rank 0's.
+        self._epoch_counts = torch.zeros(teacher.num_train_timesteps)
         self.timestep_history: list[list[int]] = []
         self._rng: torch.Generator | None = None
 
@@ -132,7 +140,9 @@ class RepFusionDistillation(LightningModule):
         teacher_feats = self.teacher(images, draw.timesteps, labels)
         student_feats = self.student(images)
         terms: dict[str, Tensor] = {}
-        for projector, s_name, t_name in zip(self.projectors, self.student.taps, self.teacher.layers, strict=True):
+        for projector, s_name, t_name in zip(
+            self.projectors, self.student.taps, self.teacher.layers, strict=True
+        ):
             key = "feature" if len(self.projectors) == 1 else f"feature/{t_name}"
             terms[key] = self.feature_loss(projector(student_feats[s_name]), teacher_feats[t_name])
         extra = self.sampler.step_loss(draw, teacher_feats[self.head_layer], labels)
@@ -150,13 +160,14 @@ class RepFusionDistillation(LightningModule):
             bad = [name for name, value in terms.items() if not torch.isfinite(value)]
             raise FloatingPointError(
                 f"non-finite distillation loss at step {self.global_step} (epoch {self.current_epoch}): "
-                f"term(s) {bad} = {[float(terms[b]) for b in bad]}. Lower the learning rate or the loss "
+                f"term(s) {bad} = {[terms[b].item() for b in bad]}. Lower the learning rate or the loss "
                 "weight, or check the inputs for NaN/Inf."
             )
         batch_size = images.shape[0]
-        self.log("train/loss", total, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log("train/loss", total, sync_dist=True, batch_size=batch_size)
         for name, value in {**terms, **logs}.items():
-            self.log(f"train/{name}", value, sync_dist=True, batch_size=batch_size)
+            shown = name in ("feature", "head_ce", "t_mean")
+            self.log(f"train/{name}", value, prog_bar=shown, sync_dist=True, batch_size=batch_size)
         return total
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -177,11 +188,12 @@ class RepFusionDistillation(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.sampler.set_epoch(self.current_epoch)
-        self._epoch_counts.zero_()
+        self._epoch_counts = torch.zeros(self.teacher.num_train_timesteps, device=self.device)
 
     def on_train_epoch_end(self) -> None:
-        counts = self.all_gather(self._epoch_counts)
-        counts = counts.sum(0) if counts.dim() > 1 else counts
+        gathered = self.all_gather(self._epoch_counts)
+        assert isinstance(gathered, Tensor)
+        counts = gathered.sum(0) if gathered.dim() > 1 else gathered
         self.timestep_history.append(counts.long().tolist())
         if isinstance(self.logger, TensorBoardLogger) and counts.sum() > 0:
             values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
@@ -192,7 +204,11 @@ class RepFusionDistillation(LightningModule):
         if self.trainer.is_global_zero and log_dir is not None and self.timestep_history:
             path = Path(log_dir) / "timestep_counts.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}))
+            path.write_text(
+                json.dumps(
+                    {"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}
+                )
+            )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Student + projectors first; the learned sampler (policy, task head) second, if any."""
@@ -201,7 +217,10 @@ class RepFusionDistillation(LightningModule):
             return [p for p in params if p.requires_grad]
 
         groups: list[dict[str, Any]] = [
-            {"name": "student", "params": trainable([*self.student.parameters(), *self.projectors.parameters()])}
+            {
+                "name": "student",
+                "params": trainable([*self.student.parameters(), *self.projectors.parameters()]),
+            }
         ]
         sampler_params = trainable(self.sampler.parameters())
         if sampler_params:
@@ -213,6 +232,7 @@ class RepFusionDistillation(LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
+        optimizer: torch.optim.Optimizer
         if self.optimizer_factory is None:
             optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
         else:

@@ -43,7 +43,8 @@ class FeatureLoss(nn.Module):
         if student.shape[:2] != teacher.shape[:2]:
             raise ValueError(
                 f"{type(self).__name__}: student features {tuple(student.shape)} and teacher features "
-                f"{tuple(teacher.shape)} differ in batch or channels; the projector must map one onto the other"
+                f"{tuple(teacher.shape)} differ in batch or channels; the projector must map one onto "
+                "the other"
             )
         return self.weight * self.compute(student.float(), teacher.float())
 

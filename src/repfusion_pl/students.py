@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torchvision
@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from repfusion_pl.taps import FeatureTaps
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
-_DEFAULT_TORCHVISION_TAP = {"resnet18": "layer4", "resnet34": "layer4", "resnet50": "layer4", "mobilenet_v2": "features"}
+_DEFAULT_TORCHVISION_TAP = {
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
+    "mobilenet_v2": "features",
+}
 
 
 def _torchvision_backbone(arch: str, stem: str, in_channels: int) -> nn.Module:
@@ -51,11 +56,12 @@ def _timm_backbone(arch: str, stem: str, in_channels: int) -> nn.Module:
         raise ValueError(f"unknown timm student {arch!r}; nearest timm names: {near}") from err
     if stem == "cifar":
         if hasattr(model, "conv1") and hasattr(model, "maxpool"):  # timm ResNets
-            model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+            width = cast(nn.Conv2d, model.conv1).out_channels
+            model.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
         elif hasattr(model, "conv_stem"):  # timm MobileNet / EfficientNet family
-            conv = model.conv_stem
-            model.conv_stem = nn.Conv2d(in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+            width = cast(nn.Conv2d, model.conv_stem).out_channels
+            model.conv_stem = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         else:
             raise ValueError(f"no CIFAR stem recipe for timm model {arch!r}; use stem: imagenet")
     return model
@@ -122,7 +128,7 @@ class Student(nn.Module):
         was_training = self.training
         self.eval()
         feats = self(torch.zeros(2, self.in_channels, 32, 32))
-        sum(f.float().sum() for f in feats.values()).backward()  # type: ignore[union-attr]
+        torch.stack([f.float().sum() for f in feats.values()]).sum().backward()
         for param in self.backbone.parameters():
             if param.grad is None:
                 param.requires_grad_(False)

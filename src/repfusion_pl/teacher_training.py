@@ -20,8 +20,12 @@ def build_unet(
     layers_per_block: int,
     attention_levels: Sequence[int],
     norm_num_groups: int,
+    **unet_kwargs: Any,
 ) -> UNet2DModel:
-    """A diffusers UNet2DModel with self-attention at the given resolution levels."""
+    """A diffusers UNet2DModel with self-attention at the given resolution levels.
+
+    Extra keyword arguments go to ``UNet2DModel`` unchanged (e.g. ``num_class_embeds``).
+    """
     levels = range(len(block_out_channels))
     return UNet2DModel(
         sample_size=sample_size,
@@ -35,6 +39,7 @@ def build_unet(
         ),
         norm_num_groups=norm_num_groups,
         attention_head_dim=None,
+        **unet_kwargs,
     )
 
 
@@ -60,6 +65,12 @@ class DiffusionTeacherTraining(LightningModule):
         warmup_steps: Linear learning-rate warm-up.
     """
 
+    output_dir: str
+    num_train_timesteps: int
+    input_range: tuple[float, float]
+    lr: float
+    warmup_steps: int
+
     def __init__(
         self,
         output_dir: str = "artifacts/teacher",
@@ -80,17 +91,24 @@ class DiffusionTeacherTraining(LightningModule):
         self.unet = build_unet(
             sample_size, in_channels, block_out_channels, layers_per_block, attention_levels, norm_num_groups
         )
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule
+        )
+        self.output_dir = output_dir
+        self.num_train_timesteps = num_train_timesteps
+        self.input_range = input_range
+        self.lr = lr
+        self.warmup_steps = warmup_steps
 
     def _to_unit_range(self, images: Tensor) -> Tensor:
-        low, high = self.hparams.input_range
+        low, high = self.input_range
         return (images - low) / (high - low) * 2 - 1
 
     def denoising_loss(self, images: Tensor) -> Tensor:
         """Epsilon-prediction MSE at uniformly drawn timesteps."""
         x0 = self._to_unit_range(images)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         return F.mse_loss(self.unet(noisy, t).sample, noise)
 
@@ -106,8 +124,8 @@ class DiffusionTeacherTraining(LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=0.0)
-        warmup = max(1, self.hparams.warmup_steps)
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.lr, weight_decay=0.0)
+        warmup = max(1, self.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -119,7 +137,7 @@ class DiffusionTeacherTraining(LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
-            path = self.save_pipeline(self.hparams.output_dir)
+            path = self.save_pipeline(self.output_dir)
             print(f"teacher written to {path} (load it with DiffusionTeacher(source={str(path)!r}))")
 
 
@@ -137,7 +155,9 @@ def load_training_checkpoint(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
         hparams["attention_levels"],
         hparams["norm_num_groups"],
     )
-    weights = {k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    weights = {
+        k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")
+    }
     unet.load_state_dict(weights, strict=True)
     scheduler = DDPMScheduler(
         num_train_timesteps=hparams["num_train_timesteps"], beta_schedule=hparams["beta_schedule"]

@@ -54,7 +54,8 @@ def _unet_subfolder(directory: Path) -> str | None:
             class_name = UNet2DModel.load_config(config.parent).get("_class_name", "UNet2DModel")
             if class_name != "UNet2DModel":
                 raise ValueError(
-                    f"{config} describes a {class_name}; repfusion-pl distils pixel-space UNet2DModel teachers"
+                    f"{config} describes a {class_name}; repfusion-pl distils pixel-space "
+                    "UNet2DModel teachers"
                 )
             return subfolder
     raise FileNotFoundError(f"no UNet2DModel config in {directory}; {_EXPECTED_LAYOUTS}")
@@ -93,7 +94,9 @@ def load_diffusion_model(source: str, revision: str | None = None) -> tuple[UNet
         raise FileNotFoundError(f"teacher source {source!r} does not exist; {_EXPECTED_LAYOUTS}")
     else:
         directory = _resolve_hub_id(source, revision)
-    unet = UNet2DModel.from_pretrained(directory, subfolder=_unet_subfolder(directory), low_cpu_mem_usage=False)
+    unet = UNet2DModel.from_pretrained(
+        directory, subfolder=_unet_subfolder(directory), low_cpu_mem_usage=False
+    )
     return unet, _load_scheduler(directory, unet)
 
 
@@ -116,6 +119,9 @@ class DiffusionTeacher(nn.Module):
             for them, refused for unconditional ones.
         revision: Hub revision, for hub ids only.
     """
+
+    _guest: _Guest
+    _label_map: Tensor
 
     def __init__(
         self,
@@ -203,8 +209,10 @@ class DiffusionTeacher(nn.Module):
         return {name: tuple(f.shape[1:]) for name, f in feats.items()}
 
     def to_unet_range(self, images: Tensor) -> Tensor:
-        """Map images from ``input_range`` onto what the UNet expects ([-1, 1], or [0, 1] when the
-        UNet centres its input itself)."""
+        """Map images from ``input_range`` onto the UNet's input range.
+
+        That is [-1, 1], or [0, 1] for a UNet that centres its input itself.
+        """
         low, high = self.input_range
         unit = (images - low) / (high - low)
         return unit if self.unet.config.center_input_sample else unit * 2 - 1
@@ -259,7 +267,7 @@ class DiffusionTeacher(nn.Module):
             stop_early=truncate,
         )
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         self.unet._apply(fn)
         return self
@@ -279,4 +287,6 @@ class DiffusionTeacher(nn.Module):
         return clone
 
     def extra_repr(self) -> str:
-        return f"source={self.source!r}, layers={self.layers}, mode={self.mode!r}, T={self.num_train_timesteps}"
+        return (
+            f"source={self.source!r}, layers={self.layers}, mode={self.mode!r}, T={self.num_train_timesteps}"
+        )

@@ -39,6 +39,8 @@ class TimestepSampler(nn.Module):
     the checkpoint where it stopped.
     """
 
+    epoch: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.num_train_timesteps = 0
@@ -79,7 +81,9 @@ class FixedTimestep(TimestepSampler):
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         super().build(num_train_timesteps, feature_channels, image_channels)
         if not 0 <= self.t < num_train_timesteps:
-            raise ValueError(f"FixedTimestep.t={self.t} is outside the teacher's 0..{num_train_timesteps - 1}")
+            raise ValueError(
+                f"FixedTimestep.t={self.t} is outside the teacher's 0..{num_train_timesteps - 1}"
+            )
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         return TimestepDraw(torch.full((images.shape[0],), self.t, dtype=torch.long, device=images.device))
@@ -164,6 +168,9 @@ class PolicyTimestep(TimestepSampler):
         policy_channels: Width of the policy CNN.
         head_hidden: Hidden width of the task head.
     """
+
+    baseline_value: Tensor
+    baseline_ready: Tensor
 
     def __init__(
         self,
@@ -267,5 +274,9 @@ class PolicyTimestep(TimestepSampler):
             "policy": -(draw.log_prob * advantage).mean(),
             "entropy_bonus": -beta * entropy,
         }
-        logs = {"policy_entropy": entropy.detach(), "reward": reward.mean(), "entropy_weight": reward.new_tensor(beta)}
+        logs = {
+            "policy_entropy": entropy.detach(),
+            "reward": reward.mean(),
+            "entropy_weight": reward.new_tensor(beta),
+        }
         return SamplerOutput(losses, logs)

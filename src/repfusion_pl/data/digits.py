@@ -79,12 +79,15 @@ class DigitsDataModule(LightningDataModule):
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         self.save_hyperparameters()
+        self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.labels_per_class, self.shift, self.num_workers = labels_per_class, shift, num_workers
         self.splits: dict[str, TensorImageDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        hp = self.hparams
+        hp = self
         images, labels = load_digits_tensors(hp.image_size)
         generator = torch.Generator().manual_seed(hp.seed)
         order = torch.randperm(len(labels), generator=generator)
@@ -102,11 +105,11 @@ class DigitsDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[split],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            drop_last=shuffle and len(self.splits[split]) > self.hparams.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

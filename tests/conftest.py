@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny diffusers UNets saved in every layout the teacher loader accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from repfusion_pl.teacher_training import build_unet
+
+TINY_UNET = dict(block_out_channels=(8, 16), layers_per_block=1, attention_levels=(1,), norm_num_groups=4)
+
+
+def make_tiny_unet(in_channels: int = 1, sample_size: int = 8, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    unet = build_unet(sample_size=sample_size, in_channels=in_channels, **{**TINY_UNET, **overrides})
+    # Random, non-zero weights everywhere (diffusers zero-inits some output convs).
+    with torch.no_grad():
+        for param in unet.parameters():
+            param.normal_(0, 0.2)
+    return unet.eval()
+
+
+def save_pipeline(directory: Path, unet, num_train_timesteps: int = 1000) -> Path:
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=num_train_timesteps)).save_pretrained(
+        directory
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def gray_teacher_dir(tmp_path_factory) -> Path:
+    """A 1-channel 8 px DDPMPipeline folder (unet/ + scheduler/)."""
+    return save_pipeline(tmp_path_factory.mktemp("gray-teacher"), make_tiny_unet(1))
+
+
+@pytest.fixture(scope="session")
+def rgb_teacher_dir(tmp_path_factory) -> Path:
+    """A 3-channel 8 px DDPMPipeline folder."""
+    return save_pipeline(tmp_path_factory.mktemp("rgb-teacher"), make_tiny_unet(3, seed=1))
+
+
+@pytest.fixture
+def offline_hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, with the hub switched offline."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_hub_repo(cache: Path, repo_id: str, populate) -> Path:
+    """Lay out ``repo_id`` in a hub cache exactly as ``huggingface_hub`` stores a download."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    populate(snapshot)
+    return snapshot

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch.utils.data import DataLoader, TensorDataset
+
+from repfusion_pl import (
+    DenseMSELoss,
+    DiffusionTeacher,
+    FixedTimestep,
+    PolicyTimestep,
+    RepFusionDistillation,
+    Student,
+)
+
+
+def make_module(teacher_dir, sampler=None, **kwargs):
+    student_kwargs = kwargs.pop("student_kwargs", {})
+    teacher = DiffusionTeacher(str(teacher_dir), layers=kwargs.pop("layers", ["mid_block.resnets.1.conv2"]))
+    student = Student("resnet18", in_channels=teacher.in_channels, **student_kwargs)
+    sampler = sampler if sampler is not None else PolicyTimestep(num_classes=3, baseline="batch_mean")
+    return RepFusionDistillation(teacher, student, sampler=sampler, **kwargs)
+
+
+def tiny_loader(n=16, channels=1, classes=3, batch_size=8):
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.rand(n, channels, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
+    )
+    return DataLoader(data, batch_size=batch_size)
+
+
+def test_projector_channels_are_inferred(gray_teacher_dir):
+    module = make_module(
+        gray_teacher_dir,
+        layers=["down_blocks.0.resnets.0.conv2", "mid_block.resnets.1.conv2"],
+        student_kwargs={"taps": ["layer3", "layer4"]},
+    )
+    assert [(p.in_channels, p.out_channels) for p in module.projectors] == [(256, 8), (512, 16)]
+
+
+def test_only_the_feature_loss_reaches_the_student(gray_teacher_dir):
+    module = make_module(gray_teacher_dir)
+    images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    terms, logs = module.distillation_terms(images, labels)
+    assert set(terms) == {"feature", "head_ce", "policy", "entropy_bonus"}
+    assert {"t_mean", "t_std", "policy_entropy"} <= set(logs)
+    for name in ("head_ce", "policy", "entropy_bonus"):
+        grads = torch.autograd.grad(terms[name], list(module.student.parameters()), allow_unused=True)
+        assert all(g is None for g in grads), name
+    terms["feature"].backward()
+    assert module.student.backbone.layer4[1].conv2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.sampler.parameters())
+
+
+def test_checkpoint_holds_student_projectors_sampler_never_the_teacher(gray_teacher_dir, tmp_path):
+    module = make_module(gray_teacher_dir)
+    trainer = Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, tiny_loader())
+    trainer.save_checkpoint(tmp_path / "distill.ckpt")
+    state = torch.load(tmp_path / "distill.ckpt", weights_only=True)["state_dict"]
+    prefixes = {key.split(".")[0] for key in state}
+    assert prefixes == {"student", "sampler", "projectors"}
+    assert {
+        "sampler.policy.8.weight",
+        "sampler.head.4.weight",
+        "sampler.baseline_value",
+        "sampler.epoch",
+    } <= set(state)
+    reloaded = make_module(gray_teacher_dir)
+    reloaded.load_state_dict(state, strict=True)
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_two_parameter_groups_with_their_own_learning_rates(gray_teacher_dir):
+    from functools import partial
+
+    module = make_module(gray_teacher_dir, optimizer=partial(torch.optim.Adam, lr=1e-3), sampler_lr=1e-2)
+    optimiser = module.configure_optimizers()
+    names = [g["name"] for g in optimiser.param_groups]
+    assert names == ["student", "sampler"]
+    assert [g["lr"] for g in optimiser.param_groups] == [1e-3, 1e-2]
+    n_student = sum(p.numel() for p in optimiser.param_groups[0]["params"])
+    assert n_student == sum(
+        p.numel() for p in [*module.student.parameters(), *module.projectors.parameters()]
+    )
+    fixed = make_module(gray_teacher_dir, sampler=FixedTimestep(0)).configure_optimizers()
+    assert len(fixed.param_groups) == 1 and fixed.defaults["lr"] == 0.1
+
+
+def test_non_finite_loss_names_step_and_term(gray_teacher_dir):
+    module = make_module(gray_teacher_dir, sampler=FixedTimestep(0))
+    with torch.no_grad():
+        module.projectors[0].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"step 0 .*\['feature'\]"):
+        module.training_step((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), 0)
+
+
+def test_tap_count_and_channel_mismatches_are_explained(gray_teacher_dir):
+    with pytest.raises(ValueError, match="pair up one to one"):
+        make_module(gray_teacher_dir, student_kwargs={"taps": ["layer3", "layer4"]})
+    teacher = DiffusionTeacher(str(gray_teacher_dir))
+    with pytest.raises(ValueError, match="set student in_channels to 1"):
+        RepFusionDistillation(teacher, Student("resnet18", in_channels=3))
+
+
+def test_dense_loss_on_unmatchable_maps_is_explained(gray_teacher_dir):
+    with pytest.raises(ValueError, match=r"gives 1x1 .* gives 4x4 .*stem: cifar"):
+        make_module(
+            gray_teacher_dir,
+            feature_loss=DenseMSELoss(),
+            student_kwargs={"stem": "imagenet"},
+            layers=["mid_block.resnets.1.conv2"],
+        )
+
+
+def test_dense_loss_on_matchable_maps_trains(gray_teacher_dir):
+    module = make_module(
+        gray_teacher_dir,
+        sampler=FixedTimestep(0),
+        feature_loss=DenseMSELoss(),
+        student_kwargs={"taps": ["layer2"]},
+    )
+    loss = module.training_step((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), 0)
+    assert torch.isfinite(loss)
+
+
+def test_ema_callback_averages_the_student_and_leaves_the_teacher_shared(gray_teacher_dir, tmp_path):
+    module = make_module(gray_teacher_dir)
+    ema = EMAWeightAveraging(decay=0.5)
+    trainer = Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ema],
+        default_root_dir=tmp_path,
+    )
+    before = copy.deepcopy(module.student.state_dict())
+    trainer.fit(module, tiny_loader())
+    assert ema._average_model.module.teacher.unet is module.teacher.unet
+    changed = [k for k, v in module.student.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+
+
+def test_timestep_histogram_is_counted_per_epoch(gray_teacher_dir, tmp_path):
+    module = make_module(gray_teacher_dir, sampler=FixedTimestep(5))
+    trainer = Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, tiny_loader())
+    assert len(module.timestep_history) == 2
+    assert module.timestep_history[0][5] == 16 and sum(module.timestep_history[1]) == 16
