@@ -101,6 +101,7 @@ class RepFusionDistillation(LightningModule):
         self._epoch_counts = torch.zeros(teacher.num_train_timesteps)
         self.timestep_history: list[list[int]] = []
         self._rng: torch.Generator | None = None
+        self._val_rng: torch.Generator | None = None
 
     def _build_projectors(self) -> nn.ModuleList:
         teacher, student = self.teacher, self.student
@@ -134,10 +135,11 @@ class RepFusionDistillation(LightningModule):
                 "student stage, use stem: cifar for small images, or use a pooled loss (PooledMSELoss)."
             )
 
-    def distillation_terms(self, images: Tensor, labels: Tensor | None) -> tuple[dict[str, Tensor], dict]:
-        """All loss terms and log values for one batch."""
-        draw = self.sampler.draw(images, self._rng)
-        teacher_feats = self.teacher(images, draw.timesteps, labels)
+    def feature_terms(
+        self, images: Tensor, timesteps: Tensor, labels: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Feature-loss terms per tap pair, and the teacher features they were computed against."""
+        teacher_feats = self.teacher(images, timesteps, labels)
         student_feats = self.student(images)
         terms: dict[str, Tensor] = {}
         for projector, s_name, t_name in zip(
@@ -145,6 +147,12 @@ class RepFusionDistillation(LightningModule):
         ):
             key = "feature" if len(self.projectors) == 1 else f"feature/{t_name}"
             terms[key] = self.feature_loss(projector(student_feats[s_name]), teacher_feats[t_name])
+        return terms, teacher_feats
+
+    def distillation_terms(self, images: Tensor, labels: Tensor | None) -> tuple[dict[str, Tensor], dict]:
+        """All loss terms and log values for one training batch."""
+        draw = self.sampler.draw(images, self._rng)
+        terms, teacher_feats = self.feature_terms(images, draw.timesteps, labels)
         extra = self.sampler.step_loss(draw, teacher_feats[self.head_layer], labels)
         terms.update(extra.losses)
         t = draw.timesteps.float()
@@ -172,14 +180,15 @@ class RepFusionDistillation(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = _split_batch(batch)
-        draw = self.sampler.draw(images, self._rng)
-        teacher_feats = self.teacher(images, draw.timesteps, labels)
-        student_feats = self.student(images)
-        loss = sum(
-            self.feature_loss(proj(student_feats[s]), teacher_feats[t])
-            for proj, s, t in zip(self.projectors, self.student.taps, self.teacher.layers, strict=True)
-        )
+        draw = self.sampler.draw(images, self._val_rng)
+        terms, _ = self.feature_terms(images, draw.timesteps, labels)
+        loss = torch.stack(list(terms.values())).sum()
         self.log("val/feature", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+
+    def on_validation_epoch_start(self) -> None:
+        # Validation draws from its own generator: the training stream stays the same however
+        # often validation runs, and fixed samplers give comparable val losses across epochs.
+        self._val_rng = torch.Generator(device=self.device).manual_seed(self.global_rank)
 
     def on_fit_start(self) -> None:
         # One generator per rank, so each DDP process draws its own timesteps.
