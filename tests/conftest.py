@@ -66,3 +66,17 @@ def cache_hub_repo(cache: Path, repo_id: str, populate) -> Path:
     (repo_dir / "refs" / "main").write_text(commit)
     populate(snapshot)
     return snapshot
+
+
+def quiet_trainer(root: Path, **kwargs):
+    """A Trainer with no logger, checkpoints, progress bar or summary, writing under ``root``."""
+    from lightning.pytorch import Trainer
+
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    return Trainer(**{**defaults, **kwargs})

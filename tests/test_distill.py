@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import quiet_trainer
 from repfusion_pl import (
     DenseMSELoss,
     DiffusionTeacher,
@@ -59,14 +59,7 @@ def test_only_the_feature_loss_reaches_the_student(gray_teacher_dir):
 
 def test_checkpoint_holds_student_projectors_sampler_never_the_teacher(gray_teacher_dir, tmp_path):
     module = make_module(gray_teacher_dir)
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(module, tiny_loader())
     trainer.save_checkpoint(tmp_path / "distill.ckpt")
     state = torch.load(tmp_path / "distill.ckpt", weights_only=True)["state_dict"]
@@ -140,15 +133,7 @@ def test_dense_loss_on_matchable_maps_trains(gray_teacher_dir):
 def test_ema_callback_averages_the_student_and_leaves_the_teacher_shared(gray_teacher_dir, tmp_path):
     module = make_module(gray_teacher_dir)
     ema = EMAWeightAveraging(decay=0.5)
-    trainer = Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ema],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[ema])
     before = copy.deepcopy(module.student.state_dict())
     trainer.fit(module, tiny_loader())
     assert ema._average_model.module.teacher.unet is module.teacher.unet
@@ -158,14 +143,7 @@ def test_ema_callback_averages_the_student_and_leaves_the_teacher_shared(gray_te
 
 def test_timestep_histogram_is_counted_per_epoch(gray_teacher_dir, tmp_path):
     module = make_module(gray_teacher_dir, sampler=FixedTimestep(5))
-    trainer = Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, tiny_loader())
     assert len(module.timestep_history) == 2
     assert module.timestep_history[0][5] == 16 and sum(module.timestep_history[1]) == 16

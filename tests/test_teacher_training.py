@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
+from conftest import quiet_trainer
 from repfusion_pl import DiffusionTeacher, DiffusionTeacherTraining
 from repfusion_pl.data.digits import TensorImageDataset, load_digits_tensors
 
@@ -23,14 +23,7 @@ def test_denoising_loss_falls_on_real_digits(tmp_path):
     images = next(iter(digits_loader()))[0]
     torch.manual_seed(1)
     before = torch.stack([module.denoising_loss(images) for _ in range(8)]).mean()
-    trainer = Trainer(
-        max_epochs=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=8)
     trainer.fit(module, digits_loader())
     torch.manual_seed(1)
     with torch.no_grad():
@@ -40,14 +33,7 @@ def test_denoising_loss_falls_on_real_digits(tmp_path):
 
 def test_written_pipeline_and_checkpoint_load_as_the_same_teacher(tmp_path):
     module = DiffusionTeacherTraining(output_dir=str(tmp_path / "teacher"), num_train_timesteps=200, **TINY)
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(module, digits_loader(64))
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
     from_dir = DiffusionTeacher(str(tmp_path / "teacher"))
