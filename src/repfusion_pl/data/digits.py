@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
+
+from repfusion_pl.data.base import SplitDataModule
 
 
 def load_digits_tensors(image_size: int) -> tuple[Tensor, Tensor]:
@@ -44,7 +45,7 @@ class TensorImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.labels[index]
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The scikit-learn digits, resized, split into train/val/test with a fixed seed.
 
     Images are ``(1, S, S)`` floats in [0, 1]; training images get a random shift of up to
@@ -63,6 +64,7 @@ class DigitsDataModule(LightningDataModule):
     """
 
     num_classes = 10
+    in_channels = 1
 
     def __init__(
         self,
@@ -75,48 +77,27 @@ class DigitsDataModule(LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         self.save_hyperparameters()
-        self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
+        self.image_size, self.seed = image_size, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.labels_per_class, self.shift, self.num_workers = labels_per_class, shift, num_workers
-        self.splits: dict[str, TensorImageDataset] = {}
+        self.labels_per_class, self.shift = labels_per_class, shift
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        hp = self
-        images, labels = load_digits_tensors(hp.image_size)
-        generator = torch.Generator().manual_seed(hp.seed)
+        images, labels = load_digits_tensors(self.image_size)
+        generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(labels), generator=generator)
-        n_val, n_test = int(len(order) * hp.val_fraction), int(len(order) * hp.test_fraction)
+        n_val, n_test = int(len(order) * self.val_fraction), int(len(order) * self.test_fraction)
         val_idx, test_idx, train_idx = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
-        if hp.labels_per_class is not None:
-            train_idx = train_idx[labels_per_class_subset(labels[train_idx], hp.labels_per_class, generator)]
-        augment = v2.RandomCrop(hp.image_size, padding=hp.shift) if hp.shift > 0 else None
+        if self.labels_per_class is not None:
+            train_idx = train_idx[labels_per_class_subset(labels[train_idx], self.labels_per_class, generator)]
+        augment = v2.RandomCrop(self.image_size, padding=self.shift) if self.shift > 0 else None
         self.splits = {
             "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),
             "val": TensorImageDataset(images[val_idx], labels[val_idx]),
             "test": TensorImageDataset(images[test_idx], labels[test_idx]),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
