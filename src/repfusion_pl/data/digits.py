@@ -94,7 +94,8 @@ class DigitsDataModule(SplitDataModule):
         n_val, n_test = int(len(order) * self.val_fraction), int(len(order) * self.test_fraction)
         val_idx, test_idx, train_idx = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
         if self.labels_per_class is not None:
-            train_idx = train_idx[labels_per_class_subset(labels[train_idx], self.labels_per_class, generator)]
+            keep = labels_per_class_subset(labels[train_idx], self.labels_per_class, generator)
+            train_idx = train_idx[keep]
         augment = v2.RandomCrop(self.image_size, padding=self.shift) if self.shift > 0 else None
         self.splits = {
             "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),
