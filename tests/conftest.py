@@ -80,3 +80,33 @@ def quiet_trainer(root: Path, **kwargs):
         default_root_dir=root,
     )
     return Trainer(**{**defaults, **kwargs})
+
+
+def make_distill_checkpoint(teacher_dir: Path, out: Path, stem: str, arch: str = "resnet18") -> Path:
+    """A real RepFusionDistillation checkpoint after two optimiser steps on random images."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from repfusion_pl import DiffusionTeacher, RepFusionDistillation, Student, UniformTimestep
+
+    torch.manual_seed(0)
+    teacher = DiffusionTeacher(str(teacher_dir))
+    student = Student(arch, stem=stem, in_channels=teacher.in_channels)
+    module = RepFusionDistillation(teacher, student, sampler=UniformTimestep(100))
+    images = torch.rand(8, teacher.in_channels, 16, 16)
+    trainer = quiet_trainer(out, max_steps=2)
+    trainer.fit(module, DataLoader(TensorDataset(images, torch.zeros(8, dtype=torch.long)), batch_size=4))
+    path = out / f"{arch}-{stem}-{teacher.in_channels}ch.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gray_cifar_checkpoint(tmp_path_factory, gray_teacher_dir) -> Path:
+    """Distilled ResNet-18, CIFAR stem, 1 channel."""
+    return make_distill_checkpoint(gray_teacher_dir, tmp_path_factory.mktemp("ckpt-gray"), "cifar")
+
+
+@pytest.fixture(scope="session")
+def rgb_imagenet_checkpoint(tmp_path_factory, rgb_teacher_dir) -> Path:
+    """Distilled ResNet-18, ImageNet stem, 3 channels."""
+    return make_distill_checkpoint(rgb_teacher_dir, tmp_path_factory.mktemp("ckpt-rgb"), "imagenet")

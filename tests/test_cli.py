@@ -157,3 +157,59 @@ def test_two_process_ddp_on_cpu_then_resume(cli_teacher, tmp_path):
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert torch.load(next((tmp_path / "b").rglob("last.ckpt")), weights_only=True)["global_step"] == 4
+
+
+@pytest.fixture(scope="module")
+def cli_distilled(cli_teacher, tmp_path_factory) -> Path:
+    """configs/distill.yaml run for two steps on the tiny teacher; returns its last.ckpt."""
+    root = tmp_path_factory.mktemp("distilled")
+    main(
+        distill_args(
+            cli_teacher,
+            root,
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.callbacks.init_args.dirpath={root / 'ckpts'}",
+        )
+    )
+    return root / "ckpts" / "last.ckpt"
+
+
+def test_distill_export_classify_from_yaml(cli_distilled, tmp_path):
+    exported = tmp_path / "resnet18.safetensors"
+    main(["export", str(cli_distilled), str(exported)])
+    for weights in (cli_distilled, exported):
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/classify.yaml"),
+                *QUIET,
+                f"--model.init_args.backbone_weights={weights}",
+                "--data.init_args.image_size=8",
+                "--trainer.fast_dev_run=2",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
+
+
+def test_the_readme_custom_task_runs_through_the_cli(cli_distilled, tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n# my_task.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_task.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    main(
+        [
+            "fit",
+            "--model",
+            "my_task.CosineClassifierTask",
+            "--model.num_classes=10",
+            f"--model.backbone_weights={cli_distilled}",
+            "--data",
+            "repfusion_pl.data.DigitsDataModule",
+            "--data.image_size=8",
+            "--trainer.fast_dev_run=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            *QUIET,
+        ]
+    )

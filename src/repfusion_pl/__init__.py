@@ -12,6 +12,7 @@ from repfusion_pl.losses import (
     RKDLoss,
 )
 from repfusion_pl.students import Student
+from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
 from repfusion_pl.teacher_training import DiffusionTeacherTraining
 from repfusion_pl.teachers import DiffusionTeacher
 from repfusion_pl.timesteps import (
@@ -25,6 +26,10 @@ from repfusion_pl.timesteps import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseTask",
+    "ClassificationTask",
+    "LandmarkTask",
+    "SegmentationTask",
     "AttentionTransferLoss",
     "DenseL1Loss",
     "DenseMSELoss",

@@ -6,7 +6,7 @@ import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -14,25 +14,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
 from repfusion_pl.timesteps import TimestepSampler, UniformTimestep
-
-
-def drop_live_object_hparams(module: LightningModule) -> None:
-    """Keep only hyperparameters that a weights-only checkpoint can hold.
-
-    Under LightningCLI, component arguments arrive in ``hparams`` as ``class_path`` dicts, which
-    rebuild the run on resume. Built in plain Python they are live modules and callables: those are
-    dropped here rather than pickled into every checkpoint.
-    """
-    hparams: dict[str, Any] = dict(module.hparams)
-    live = [key for key, value in hparams.items() if isinstance(value, nn.Module) or callable(value)]
-    module.remove_ignored_hparams(live)
-    initial = cast(dict[str, Any], module._hparams_initial)
-    for key in live:
-        initial.pop(key, None)
+from repfusion_pl.weights import PROVENANCE_KEY
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -218,6 +205,16 @@ class RepFusionDistillation(LightningModule):
                     {"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}
                 )
             )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What produced these weights, so downstream loading can check it and say what fits.
+        from repfusion_pl import __version__
+
+        checkpoint[PROVENANCE_KEY] = {
+            "student": self.student.spec(),
+            "teacher": {"source": self.teacher.source, "layers": self.teacher.layers},
+            "package_version": __version__,
+        }
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Student + projectors first; the learned sampler (policy, task head) second, if any."""

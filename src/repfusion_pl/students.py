@@ -106,6 +106,16 @@ class Student(nn.Module):
         self._feature_taps = FeatureTaps(self.backbone, self.taps, owner=f"student {arch}")
         self._freeze_unreached()
 
+    def spec(self) -> dict[str, object]:
+        """What rebuilds this backbone: arch, library, stem, in_channels and taps."""
+        return {
+            "arch": self.arch,
+            "library": self.library,
+            "stem": self.stem,
+            "in_channels": self.in_channels,
+            "taps": self.taps,
+        }
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Tapped features by path, each ``(N, C, h, w)``; the layers after the last tap never run."""
         if images.shape[1] != self.in_channels:

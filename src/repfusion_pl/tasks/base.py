@@ -1,0 +1,133 @@
+"""BaseTask: what every downstream task shares, from loading distilled weights to metrics."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from repfusion_pl.hparams import drop_live_object_hparams
+from repfusion_pl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
+
+
+class BaseTask(LightningModule):
+    """A downstream task on a (possibly distilled) backbone.
+
+    Subclasses build their network in `configure_models` (and say where the backbone sits through
+    `backbone_module`), their loss in `configure_losses`, their metrics in `configure_metrics`, and
+    implement `compute_loss`; `forward`, the three steps, weight loading, freezing and optimisers
+    come from here.
+
+    Args:
+        backbone_weights: A distillation checkpoint (``.ckpt``) or a ``repfusion export`` file
+            (``.safetensors``) to initialise the backbone from; ``None`` keeps random init.
+        freeze_backbone: Linear probe: the backbone's weights and BatchNorm statistics stay fixed.
+        optimizer: Builds the optimiser from the trainable parameters; default AdamW(lr=1e-3).
+        lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
+    """
+
+    def __init__(
+        self,
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # live modules are dropped just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        drop_live_object_hparams(self)
+        self.backbone_weights = backbone_weights
+        self.freeze_backbone = freeze_backbone
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.configure_models()
+        self.configure_losses()
+        metrics = self.configure_metrics()
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        if backbone_weights is not None:
+            self.load_backbone(read_backbone_weights(backbone_weights))
+        if freeze_backbone:
+            # Lightning keeps each submodule's mode as set, so eval here holds for the whole fit.
+            self.backbone_module().requires_grad_(False).eval()
+
+    # Hooks for subclasses -------------------------------------------------------------------------
+
+    def configure_models(self) -> None:
+        """Build the network (the backbone and whatever sits on it)."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Build the loss modules."""
+
+    def configure_metrics(self) -> MetricCollection:
+        """The metrics, once; they are cloned with ``train/``, ``val/`` and ``test/`` prefixes."""
+        raise NotImplementedError
+
+    def backbone_module(self) -> nn.Module:
+        """The module that distilled weights load into and that ``freeze_backbone`` freezes."""
+        raise NotImplementedError
+
+    def compute_loss(self, output: Any, target: Tensor) -> Tensor:
+        """The training loss for one batch."""
+        raise NotImplementedError
+
+    def update_stage_metrics(self, stage: str, output: Any, target: Tensor) -> None:
+        """Extra per-stage metric updates beyond the shared collection (e.g. per-class scores)."""
+
+    def predictions(self, output: Any) -> Any:
+        """What the metrics compare against the target; default the raw output."""
+        return output
+
+    # Shared behaviour ----------------------------------------------------------------------------
+
+    def load_backbone(self, weights: BackboneWeights) -> None:
+        """Load distilled weights strictly into `backbone_module` (the one way in)."""
+        load_backbone_weights(self.backbone_module(), weights, target=f"{type(self).__name__} backbone")
+
+    def train(self, mode: bool = True) -> BaseTask:
+        """Switch modes, keeping a frozen backbone in eval mode so its BatchNorm statistics stay put."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone_module().eval()
+        return self
+
+    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        images, target = batch
+        output = self(images)
+        loss = self.compute_loss(output, target)
+        metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
+        metrics.update(self.predictions(output), target)
+        self.update_stage_metrics(stage, output, target)
+        batch_size = images.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log_dict(metrics, prog_bar=stage != "train", batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(params, lr=1e-3)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}

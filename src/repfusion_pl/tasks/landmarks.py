@@ -1,0 +1,180 @@
+"""Landmark detection by heatmap regression: backbone, a light deconvolution head, NME."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from repfusion_pl.metrics import NormalizedMeanError
+from repfusion_pl.students import Student
+from repfusion_pl.tasks.base import BaseTask
+
+
+def gaussian_heatmaps(keypoints: Tensor, size: tuple[int, int], stride: float, sigma: float) -> Tensor:
+    """Unnormalised Gaussians (peak 1) at each keypoint, on a heatmap ``stride`` times coarser.
+
+    Pixel centres are used throughout: image pixel x covers [x - 0.5, x + 0.5], so heatmap
+    coordinate u maps to image coordinate ``(u + 0.5) * stride - 0.5``.
+
+    Args:
+        keypoints: ``(N, K, 2)`` (x, y) image-pixel coordinates.
+        size: Heatmap ``(height, width)``.
+        stride: Image pixels per heatmap pixel.
+        sigma: Gaussian standard deviation in heatmap pixels.
+
+    Returns:
+        ``(N, K, height, width)`` target heatmaps.
+    """
+    height, width = size
+    centres = (keypoints + 0.5) / stride - 0.5
+    ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype).view(1, 1, height, 1)
+    xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype).view(1, 1, 1, width)
+    dx2 = (xs - centres[..., 0, None, None]) ** 2
+    dy2 = (ys - centres[..., 1, None, None]) ** 2
+    return torch.exp(-(dx2 + dy2) / (2 * sigma**2))
+
+
+def decode_heatmaps(heatmaps: Tensor, stride: float) -> Tensor:
+    """Sub-pixel keypoints: the arg-max, refined by the vertex of a parabola through the log-heatmap.
+
+    The log of a Gaussian is a quadratic, so the parabola through three neighbouring samples
+    recovers a Gaussian's centre exactly (at a border the three samples shift inwards). The result
+    is kept within half a pixel of the arg-max, which noisy heatmaps need.
+
+    Args:
+        heatmaps: ``(N, K, h, w)``, with h and w at least 3.
+        stride: Image pixels per heatmap pixel.
+
+    Returns:
+        ``(N, K, 2)`` (x, y) in image-pixel coordinates.
+    """
+    n, k, h, w = heatmaps.shape
+    log = heatmaps.detach().float().reshape(n * k, h, w).clamp(min=1e-10).log()
+    index = log.flatten(1).argmax(dim=1)
+    peak_y, peak_x = index // w, index % w
+    rows = torch.arange(n * k, device=heatmaps.device)
+
+    def vertex(samples: Tensor, centre: Tensor, peak: Tensor) -> Tensor:
+        before, middle, after = samples.unbind(-1)
+        slope, curvature = (after - before) / 2, after - 2 * middle + before
+        offset = torch.where(curvature < 0, -slope / curvature.clamp(max=-1e-6), torch.zeros_like(slope))
+        return (centre + offset).clamp(peak - 0.5, peak + 0.5)
+
+    cx, cy = peak_x.clamp(1, w - 2), peak_y.clamp(1, h - 2)
+    steps = torch.tensor([-1, 0, 1], device=heatmaps.device)
+    along_x = log[rows[:, None], peak_y[:, None], cx[:, None] + steps]
+    along_y = log[rows[:, None], cy[:, None] + steps, peak_x[:, None]]
+    sub_x = vertex(along_x, cx.float(), peak_x.float())
+    sub_y = vertex(along_y, cy.float(), peak_y.float())
+    coords = torch.stack([sub_x, sub_y], dim=-1).view(n, k, 2)
+    return (coords + 0.5) * stride - 0.5
+
+
+class LandmarkTask(BaseTask):
+    """Top-down landmark detection: heatmaps from a deconvolution head; NME as the metric.
+
+    Args:
+        num_keypoints: K (98 for WFLW).
+        normalisation_index: The keypoints whose distance normalises NME (WFLW: 60, 72).
+        flip_index: Left/right permutation of keypoints, for the flip test.
+        flip_test: Average the heatmaps of the image and of its mirror at evaluation.
+        arch: Backbone architecture (the distilled student's).
+        library: The student's library.
+        stem: The student's stem.
+        in_channels: Image channels.
+        image_size: Input side in pixels (to size the head).
+        heatmap_stride: Image pixels per heatmap pixel (the paper: 256 px in, 64 px heatmaps = 4).
+        head_channels: Width of the deconvolution head.
+        sigma: Target Gaussian standard deviation in heatmap pixels.
+        backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
+        freeze_backbone: Keep the backbone fixed.
+        optimizer: Optimiser factory; default AdamW(lr=1e-3).
+        lr_scheduler: Scheduler factory; default none.
+    """
+
+    def __init__(
+        self,
+        num_keypoints: int,
+        normalisation_index: tuple[int, int],
+        flip_index: Sequence[int] | None = None,
+        flip_test: bool = False,
+        arch: str = "resnet18",
+        library: Literal["torchvision", "timm"] = "torchvision",
+        stem: Literal["cifar", "imagenet"] = "cifar",
+        in_channels: int = 3,
+        image_size: int = 256,
+        heatmap_stride: int = 4,
+        head_channels: int = 128,
+        sigma: float = 1.5,
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        if flip_test and flip_index is None:
+            raise ValueError("flip_test needs flip_index (the left/right permutation of the keypoints)")
+        if flip_index is not None and sorted(flip_index) != list(range(num_keypoints)):
+            raise ValueError(f"flip_index must be a permutation of 0..{num_keypoints - 1}")
+        self.num_keypoints, self.normalisation_index = num_keypoints, tuple(normalisation_index)
+        self.flip_index, self.flip_test = list(flip_index) if flip_index else None, flip_test
+        self.arch, self.library, self.stem, self.in_channels = arch, library, stem, in_channels
+        self.image_size, self.heatmap_stride, self.head_channels = image_size, heatmap_stride, head_channels
+        self.sigma = sigma
+        super().__init__(backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+
+    def configure_models(self) -> None:
+        self.encoder = Student(self.arch, self.library, self.stem, self.in_channels)
+        channels, height, _ = self.encoder.feature_shapes(self.image_size)[self.encoder.taps[-1]]
+        backbone_stride = self.image_size / height
+        upsamplings = round(math.log2(backbone_stride / self.heatmap_stride))
+        if upsamplings < 0 or 2**upsamplings * self.heatmap_stride != backbone_stride:
+            raise ValueError(
+                f"the backbone's output stride is {backbone_stride:g} at {self.image_size} px; "
+                f"heatmap_stride must divide it by a power of two (e.g. {backbone_stride:g}, "
+                f"{backbone_stride / 2:g}, ...)"
+            )
+        layers: list[nn.Module] = []
+        for _ in range(upsamplings):
+            layers += [
+                nn.ConvTranspose2d(channels, self.head_channels, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(self.head_channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels = self.head_channels
+        layers.append(nn.Conv2d(channels, self.num_keypoints, kernel_size=1))
+        self.head = nn.Sequential(*layers)
+
+    def configure_metrics(self) -> MetricCollection:
+        return MetricCollection({"nme": NormalizedMeanError(self.normalisation_index)})  # type: ignore[arg-type]
+
+    def backbone_module(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def heatmaps(self, images: Tensor) -> Tensor:
+        """``(N, K, H / stride, W / stride)`` heatmaps."""
+        return self.head(self.encoder(images)[self.encoder.taps[-1]])
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Heatmaps; at evaluation with ``flip_test``, averaged with those of the mirrored image."""
+        heatmaps = self.heatmaps(images)
+        if self.flip_test and not self.training:
+            mirrored = self.heatmaps(images.flip(-1)).flip(-1)[:, self.flip_index]
+            heatmaps = (heatmaps + mirrored) / 2
+        return heatmaps
+
+    def predictions(self, output: Tensor) -> Tensor:
+        return decode_heatmaps(output, self.heatmap_stride)
+
+    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if target.shape[1:] != (self.num_keypoints, 2):
+            raise ValueError(f"expected keypoints (N, {self.num_keypoints}, 2), got {tuple(target.shape)}")
+        size = (output.shape[-2], output.shape[-1])
+        goal = gaussian_heatmaps(target.to(output.dtype), size, self.heatmap_stride, self.sigma)
+        return F.mse_loss(output, goal)

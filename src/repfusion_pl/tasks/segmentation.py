@@ -1,0 +1,138 @@
+"""Semantic segmentation: an segmentation-models-pytorch network whose encoder is the distilled backbone."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import segmentation_models_pytorch as smp
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.wrappers import ClasswiseWrapper
+
+from repfusion_pl.data.base import IGNORE_INDEX
+from repfusion_pl.tasks.base import BaseTask
+from repfusion_pl.weights import BackboneWeights, load_backbone_weights
+
+
+class SegmentationTask(BaseTask):
+    """Per-pixel classification with ``smp.create_model``; reports mIoU and per-class F1.
+
+    The distilled backbone loads into ``model.encoder``: smp's ResNet and MobileNetV2 encoders use
+    torchvision's key names, and timm students go through smp's ``tu-`` encoders. A CIFAR-stem
+    student's 3x3 first convolution is kept but given stride 2, so the encoder keeps the stride
+    layout (2, 4, ..., 32) that smp decoders are built for.
+
+    Args:
+        num_classes: Number of classes (19 for CelebAMask-HQ face parsing).
+        decoder: smp architecture name, e.g. ``unet``, ``fpn``, ``deeplabv3plus``.
+        arch: Backbone architecture (the distilled student's).
+        library: The student's library, ``torchvision`` or ``timm``.
+        stem: The student's stem, ``imagenet`` or ``cifar``.
+        in_channels: Image channels.
+        ignore_index: Mask value excluded from loss and metrics.
+        dice_weight: Weight of an added Dice loss (0 = cross-entropy only).
+        class_names: Names for the per-class F1 log; default ``class_<i>``.
+        backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
+        freeze_backbone: Keep the encoder fixed.
+        optimizer: Optimiser factory; default AdamW(lr=1e-3).
+        lr_scheduler: Scheduler factory; default none.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        decoder: str = "unet",
+        arch: str = "resnet18",
+        library: Literal["torchvision", "timm"] = "torchvision",
+        stem: Literal["cifar", "imagenet"] = "imagenet",
+        in_channels: int = 3,
+        ignore_index: int = IGNORE_INDEX,
+        dice_weight: float = 0.0,
+        class_names: list[str] | None = None,
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+        self.num_classes, self.decoder, self.arch, self.library = num_classes, decoder, arch, library
+        self.stem, self.in_channels, self.ignore_index = stem, in_channels, ignore_index
+        self.dice_weight = dice_weight
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        super().__init__(backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+
+    def configure_models(self) -> None:
+        encoder_name = self.arch if self.library == "torchvision" else f"tu-{self.arch}"
+        self.model = smp.create_model(
+            self.decoder,
+            encoder_name=encoder_name,
+            encoder_weights=None,
+            in_channels=self.in_channels,
+            classes=self.num_classes,
+        )
+        if self.stem == "cifar":
+            self._use_cifar_first_conv()
+
+    def _use_cifar_first_conv(self) -> None:
+        modules = dict(self.model.encoder.named_modules())
+        path = next(p for p in ("conv1", "features.0.0", "model.conv1", "model.conv_stem") if p in modules)
+        parent_path, _, name = path.rpartition(".")
+        parent = modules[parent_path] if parent_path else self.model.encoder
+        width = modules[path].out_channels
+        setattr(parent, name, nn.Conv2d(self.in_channels, width, 3, stride=2, padding=1, bias=False))
+
+    def configure_losses(self) -> None:
+        self.dice = (
+            smp.losses.DiceLoss("multiclass", ignore_index=self.ignore_index) if self.dice_weight else None
+        )
+
+    def configure_metrics(self) -> MetricCollection:
+        n, ignore = self.num_classes, self.ignore_index
+        per_class = MulticlassF1Score(n, average="none", ignore_index=ignore)
+        self.val_class_f1 = ClasswiseWrapper(per_class, labels=self.class_names, prefix="f1_")
+        self.test_class_f1 = ClasswiseWrapper(per_class.clone(), labels=self.class_names, prefix="f1_")
+        return MetricCollection(
+            {
+                "miou": MulticlassJaccardIndex(n, average="macro", ignore_index=ignore),
+                "f1": MulticlassF1Score(n, average="macro", ignore_index=ignore),
+                "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=ignore),
+            }
+        )
+
+    def backbone_module(self) -> nn.Module:
+        return self.model.encoder
+
+    def load_backbone(self, weights: BackboneWeights) -> None:
+        if self.library == "timm":  # smp's tu- encoders hold the timm model under `model.`
+            renamed = {f"model.{k}": v for k, v in weights.state_dict.items()}
+            weights = BackboneWeights(renamed, weights.provenance, weights.path)
+        load_backbone_weights(self.backbone_module(), weights, target="smp encoder")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Per-pixel class logits ``(N, num_classes, H, W)``."""
+        return self.model(images)
+
+    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        loss = F.cross_entropy(output, target, ignore_index=self.ignore_index)
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(output, target)
+        return loss
+
+    def update_stage_metrics(self, stage: str, output: Tensor, target: Tensor) -> None:
+        if stage != "train":
+            (self.val_class_f1 if stage == "val" else self.test_class_f1).update(output, target)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_f1(self.val_class_f1, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_f1(self.test_class_f1, "test")
+
+    def _log_class_f1(self, metric: ClasswiseWrapper, stage: str) -> None:
+        if metric.update_count:
+            self.log_dict({f"{stage}/{k}": v for k, v in metric.compute().items()})
+        metric.reset()

@@ -1,0 +1,129 @@
+"""One way in and one way out for distilled backbone weights.
+
+A backbone travels as a plain state dict in its library's own key format (torchvision or timm:
+``conv1.weight``, ``layer1.0.bn1.running_mean``, ...), so it loads with ``strict=True`` into
+torchvision's model, ``timm.create_model(name, num_classes=0)`` and the matching
+segmentation-models-pytorch encoder. It is read from a distillation checkpoint (``.ckpt``) or an
+exported ``.safetensors`` file, which also records what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+#: Key prefix of the student backbone inside a `RepFusionDistillation` state dict.
+STUDENT_PREFIX = "student.backbone."
+#: Checkpoint entry where `RepFusionDistillation` records its provenance.
+PROVENANCE_KEY = "repfusion"
+
+
+@dataclass
+class BackboneWeights:
+    """A backbone state dict and the record of what produced it."""
+
+    state_dict: dict[str, Tensor]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def student(self) -> dict[str, Any]:
+        """The student spec (arch, library, stem, in_channels), if recorded."""
+        return dict(self.provenance.get("student", {}))
+
+
+def read_backbone_weights(path: str | Path) -> BackboneWeights:
+    """Read backbone weights from a distillation ``.ckpt`` or an exported ``.safetensors`` file.
+
+    Checkpoints are read with ``weights_only=True``: a pickle that tries to run code is refused.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone weights {str(path)!r} do not exist; give a distillation checkpoint (.ckpt, e.g. "
+            "<run>/checkpoints/last.ckpt) or a file written by `repfusion export` (.safetensors)"
+        )
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
+        return BackboneWeights(state, provenance, str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file or a pickle with code both land here
+        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {err}") from err
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    backbone = {k.removeprefix(STUDENT_PREFIX): v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
+    if not backbone:
+        raise ValueError(
+            f"{path} holds no student backbone (no '{STUDENT_PREFIX}*' keys); is it a RepFusionDistillation "
+            "checkpoint?"
+        )
+    return BackboneWeights(backbone, dict(checkpoint.get(PROVENANCE_KEY, {})), str(path))
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''}"
+
+
+def load_backbone_weights(module: nn.Module, weights: BackboneWeights, *, target: str = "backbone") -> None:
+    """Load weights into ``module`` strictly, or fail listing missing, unexpected and misshaped keys.
+
+    Args:
+        module: The receiving backbone (a torchvision/timm model or an smp encoder).
+        weights: What `read_backbone_weights` returned.
+        target: What ``module`` is, for the error message.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights.state_dict))
+    unexpected = sorted(set(weights.state_dict) - set(expected))
+    misshaped = [
+        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+        for key, value in weights.state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if missing or unexpected or misshaped:
+        spec = weights.student
+        made_by = f" (made by a {spec.get('arch')}/{spec.get('stem')} stem student)" if spec else ""
+        problems = [
+            f"missing keys ({len(missing)}): {_listing(missing)}" if missing else "",
+            f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}" if unexpected else "",
+            f"shape mismatches ({len(misshaped)}): {_listing(misshaped, 4)}" if misshaped else "",
+        ]
+        raise ValueError(
+            f"backbone weights {weights.path}{made_by} do not fit the {target}:\n  "
+            + "\n  ".join(p for p in problems if p)
+            + "\nBuild the task with the same arch, stem and in_channels as the distilled student."
+        )
+    module.load_state_dict(weights.state_dict, strict=True)
+
+
+def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
+    """Write the student backbone of a distillation checkpoint as safetensors with its provenance.
+
+    Args:
+        checkpoint: A `RepFusionDistillation` checkpoint.
+        output: The ``.safetensors`` file to write (parent folders are created).
+
+    Returns:
+        The written path.
+    """
+    weights = read_backbone_weights(checkpoint)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    provenance = {**weights.provenance, "exported_from": str(checkpoint)}
+    tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
+    # Write next to the target and rename: a reader never sees a half-written file.
+    partial = output.with_name(output.name + ".partial")
+    save_file(tensors, str(partial), metadata={PROVENANCE_KEY: json.dumps(provenance)})
+    partial.replace(output)
+    return output
