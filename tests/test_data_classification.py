@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,13 @@ import torchvision.datasets.cifar as tv_cifar
 from PIL import Image
 
 from repfusion_pl.data import CIFAR10DataModule, ImageFolderDataModule, TinyImageNetDataModule
+from repfusion_pl.data.files import (
+    CorruptImageError,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    MalformedDatasetError,
+    seeded_split_sizes,
+)
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # class i is dominated by channel i
 
@@ -100,26 +108,33 @@ def test_cifar_labels_per_class_is_balanced(cifar_root):
 
 
 def test_cifar_missing_or_empty_folder_shows_the_layout(tmp_path):
-    for root in (tmp_path / "nowhere", tmp_path):
+    batches = tmp_path / "cifar-10-batches-py"
+    for root, problem in [
+        (tmp_path / "nowhere", "the folder does not exist"),
+        (tmp_path, f"missing file {batches}/data_batch_1\n  - missing file {batches}/data_batch_2"),
+    ]:
         with pytest.raises(FileNotFoundError) as error:
             CIFAR10DataModule(str(root))
         message = str(error.value)
+        assert message.startswith(f"CIFAR-10 at {root} is incomplete:\n  - {problem}\n")
         assert (
-            f"CIFAR-10 not found at {root}. Expected:\n  {root}/cifar-10-batches-py/data_batch_1\n" in message
+            f"\nExpected layout:\n    {root}/\n        cifar-10-batches-py/\n            data_batch_1\n"
+            in message
         )
-        assert f"\n  {root}/cifar-10-batches-py/batches.meta" in message
+        assert message.endswith("\n            batches.meta")
 
 
 def test_cifar_incomplete_folder_names_the_missing_file(cifar_root):
     (cifar_root / "cifar-10-batches-py" / "test_batch").unlink()
-    with pytest.raises(FileNotFoundError, match=r"incomplete: missing cifar-10-batches-py/test_batch\."):
+    missing = re.escape(f"incomplete:\n  - missing file {cifar_root}/cifar-10-batches-py/test_batch\n")
+    with pytest.raises(FileNotFoundError, match=missing + "Expected layout:\n"):
         CIFAR10DataModule(str(cifar_root))
 
 
 def test_cifar_batches_that_are_not_the_official_files_are_refused(tmp_path):
     write_cifar(tmp_path)  # no patch: torchvision's md5 check runs and fails
     data = CIFAR10DataModule(str(tmp_path), val_size=10)
-    with pytest.raises(ValueError, match="CIFAR-10 at .* is malformed: not the official pickle batches"):
+    with pytest.raises(ValueError, match="CIFAR-10 at .* is malformed:\n  - not the official pickle batches"):
         data.setup()
 
 
@@ -127,7 +142,7 @@ def test_cifar_garbage_batch_is_a_clear_error(cifar_root):
     (cifar_root / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="malformed") as error:
         CIFAR10DataModule(str(cifar_root), val_size=10).setup()
-    assert "Expected:\n  " in str(error.value)
+    assert f"Expected layout:\n    {cifar_root}/\n        cifar-10-batches-py/\n" in str(error.value)
 
 
 # ---------------------------------------------------------------- Tiny-ImageNet-200
@@ -186,28 +201,45 @@ def test_tiny_imagenet_missing_folder_shows_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         TinyImageNetDataModule(str(root))
     assert str(error.value) == (
-        f"Tiny-ImageNet-200 not found at {root}. Expected:\n  {root}/wnids.txt\n"
-        f"  {root}/train/<wnid>/images/*.JPEG\n  {root}/val/images/*.JPEG\n  {root}/val/val_annotations.txt"
+        f"Tiny-ImageNet-200 at {root} is incomplete:\n  - the folder does not exist\nExpected layout:\n"
+        f"    {root}/\n"
+        "        wnids.txt                (one wnid a line: class i is line i)\n"
+        "        train/\n"
+        "            <wnid>/\n"
+        "                images/\n"
+        "                    <wnid>_<n>.JPEG\n"
+        "        val/\n"
+        "            images/\n"
+        "                val_<n>.JPEG\n"
+        "            val_annotations.txt  (<file> <wnid> <x0> <y0> <x1> <y1>, tab-separated)"
     )
     root.mkdir()  # an empty folder is no dataset either
-    with pytest.raises(FileNotFoundError, match=r"not found at .*\. Expected:\n  .*wnids.txt"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"(?s)incomplete:\n  - missing file .*wnids.txt\n.*"
+        r"Expected layout:\n    .*/\n        wnids.txt ",
+    ):
         TinyImageNetDataModule(str(root))
 
 
 def test_tiny_imagenet_malformed_files_are_named(tiny_root):
     annotations = tiny_root / "val" / "val_annotations.txt"
     annotations.write_text(annotations.read_text() + "val_99.JPEG\tn09999999\t0\t0\t1\t1\n")
-    with pytest.raises(ValueError, match=r"val_annotations.txt line 7 is not .*n09999999.*Expected:\n"):
+    with pytest.raises(
+        ValueError, match=r"val_annotations.txt line 7 is not .*n09999999.*\nExpected layout:\n"
+    ):
         TinyImageNetDataModule(str(tiny_root))
     annotations.unlink()
-    with pytest.raises(FileNotFoundError, match="incomplete: missing val/val_annotations.txt"):
+    with pytest.raises(
+        FileNotFoundError, match=r"incomplete:\n  - missing file .*/val/val_annotations.txt\n"
+    ):
         TinyImageNetDataModule(str(tiny_root))
 
 
 def test_tiny_imagenet_class_without_images_is_refused(tiny_root):
     for path in (tiny_root / "train" / WNIDS[1] / "images").iterdir():
         path.unlink()
-    with pytest.raises(ValueError, match=f"malformed: no images in .*{WNIDS[1]}/images"):
+    with pytest.raises(ValueError, match=f"malformed:\n  - no images in .*{WNIDS[1]}/images"):
         TinyImageNetDataModule(str(tiny_root))
 
 
@@ -216,9 +248,10 @@ def test_corrupt_image_error_names_the_file(tiny_root):
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
     data = TinyImageNetDataModule(str(tiny_root), val_fraction=0.25, num_workers=0, batch_size=12)
     data.setup()
-    with pytest.raises(ValueError, match=f"cannot decode image {bad}"):
+    with pytest.raises(CorruptImageError, match=f"cannot decode image {bad}") as error:
         for split in ("train", "val"):
             list(data._loader(split, shuffle=False))
+    assert isinstance(error.value, ValueError)  # a corrupt file is malformed data, not a missing one
 
 
 # ---------------------------------------------------------------- image folders
@@ -284,12 +317,16 @@ def test_image_folder_train_val_test_folders_are_the_splits(tmp_path):
 
 def test_image_folder_missing_empty_and_stray_class_folders(tmp_path):
     root = tmp_path / "images"
+    tree = (
+        re.escape(f"\nExpected layout:\n    {root}/\n        <class>/ ") + r" +\(one folder per class\), or\n"
+    )
+    tree += re.escape("            <image>.jpg\n")
     with pytest.raises(
-        FileNotFoundError, match=rf"not found at {root}\. Expected:\n  {root}/<class>/<image>"
+        FileNotFoundError, match=re.escape(f"{root} is incomplete:\n  - the folder does not exist") + tree
     ):
         ImageFolderDataModule(str(root))
     root.mkdir()
-    with pytest.raises(ValueError, match=rf"malformed: no class folders in {root}\. Expected:\n  "):
+    with pytest.raises(ValueError, match=re.escape(f"malformed:\n  - no class folders in {root}") + tree):
         ImageFolderDataModule(str(root))
     (root / "empty_class").mkdir()
     with pytest.raises(ValueError, match="no images in class folder .*empty_class"):
@@ -306,3 +343,25 @@ def test_bad_options_are_refused(tmp_path):
         ImageFolderDataModule(str(root), val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="labels_per_class must be at least 1"):
         ImageFolderDataModule(str(root), labels_per_class=0)
+
+
+def test_layout_errors_share_one_hierarchy(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as missing:
+        ImageFolderDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(MalformedDatasetError) as malformed:
+        ImageFolderDataModule(str(tmp_path))
+    assert isinstance(missing.value, DatasetLayoutError) and isinstance(missing.value, FileNotFoundError)
+    assert isinstance(malformed.value, DatasetLayoutError) and not isinstance(malformed.value, OSError)
+
+
+def test_seeded_split_sizes_partitions_sorted_and_balances_the_training_rest():
+    labels = torch.arange(40) % 4
+    train, val, test = seeded_split_sizes(40, (5, 7), seed=3)
+    assert (len(train), len(val), len(test)) == (28, 5, 7)
+    assert sorted(torch.cat([train, val, test]).tolist()) == list(range(40))
+    assert all(torch.equal(part, part.sort().values) for part in (train, val, test))
+    small, same_val, _ = seeded_split_sizes(40, (5, 7), 3, labels, labels_per_class=2)
+    assert torch.equal(same_val, val) and set(small.tolist()) <= set(train.tolist())
+    assert torch.bincount(labels[small]).tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="leaves none for training"):
+        seeded_split_sizes(10, (6, 4), seed=0)

@@ -1,6 +1,17 @@
 """Data modules. None downloads anything: embedded data, or datasets already on disk."""
 
+from repfusion_pl.data.celebamask import CelebAMaskHQDataModule
 from repfusion_pl.data.classification import CIFAR10DataModule, ImageFolderDataModule, TinyImageNetDataModule
 from repfusion_pl.data.digits import DigitsDataModule
+from repfusion_pl.data.shapes import ShapesDataModule
+from repfusion_pl.data.wflw import WFLWDataModule
 
-__all__ = ["CIFAR10DataModule", "DigitsDataModule", "ImageFolderDataModule", "TinyImageNetDataModule"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CelebAMaskHQDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "ShapesDataModule",
+    "TinyImageNetDataModule",
+    "WFLWDataModule",
+]

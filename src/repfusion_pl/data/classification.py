@@ -2,57 +2,65 @@
 
 Every module keeps the batch contract of `repfusion_pl.data.base`: float ``(N, C, H, W)`` images in
 [0, 1] and long ``(N,)`` labels. Nothing is downloaded. A missing or malformed dataset fails when the
-module is built, with the expected layout in the message, so a bad config stops before training starts.
+module is built, with the expected layout in the message (`repfusion_pl.data.files`), so a bad config
+stops before training starts.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
+from repfusion_pl.data import files
 from repfusion_pl.data.base import SplitDataModule
-from repfusion_pl.data.digits import TensorImageDataset, labels_per_class_subset
+from repfusion_pl.data.digits import TensorImageDataset
 
 #: ``(image path, class index)`` pairs.
 Samples = list[tuple[Path, int]]
 
-
-@dataclass(frozen=True)
-class Layout:
-    """A dataset's expected files under ``root``, so that every error about it can show them."""
-
-    name: str
-    root: Path
-    entries: Sequence[str]
-
-    def message(self, problem: str) -> str:
-        """``problem``, then the expected layout as an indented tree."""
-        tree = "\n".join(f"  {self.root / entry}" for entry in self.entries)
-        return f"{problem}. Expected:\n{tree}"
-
-    def malformed(self, problem: str) -> ValueError:
-        """The error for a dataset whose files exist but are wrong."""
-        return ValueError(self.message(f"{self.name} at {self.root} is malformed: {problem}"))
-
-    def require(self, paths: Sequence[str] = ()) -> None:
-        """Raise `FileNotFoundError` unless ``root`` and each of ``paths`` under it exist."""
-        missing = [path for path in paths if not (self.root / path).exists()]
-        # An empty or unrelated folder is "not found"; a partial copy lists what is missing.
-        if not self.root.is_dir() or (paths and len(missing) == len(paths)):
-            raise FileNotFoundError(self.message(f"{self.name} not found at {self.root}"))
-        if missing:
-            problem = f"{self.name} at {self.root} is incomplete: missing {', '.join(missing)}"
-            raise FileNotFoundError(self.message(problem))
+CIFAR10_LAYOUT = """\
+    cifar-10-batches-py/
+        data_batch_1
+        data_batch_2
+        data_batch_3
+        data_batch_4
+        data_batch_5
+        test_batch
+        batches.meta
+"""
+TINY_IMAGENET_LAYOUT = """\
+    wnids.txt                (one wnid a line: class i is line i)
+    train/
+        <wnid>/
+            images/
+                <wnid>_<n>.JPEG
+    val/
+        images/
+            val_<n>.JPEG
+        val_annotations.txt  (<file> <wnid> <x0> <y0> <x1> <y1>, tab-separated)
+"""
+IMAGE_FOLDER_LAYOUT = """\
+    <class>/                 (one folder per class), or
+        <image>.jpg
+    train/
+        <class>/
+            <image>.jpg
+    val/
+        <class>/
+            <image>.jpg
+    test/                    (optional)
+        <class>/
+            <image>.jpg
+"""
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -67,18 +75,8 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def load_image(path: str, grayscale: bool = False) -> Image.Image:
-    """Decode one image file as RGB (or single-channel ``L``), naming the file if it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            # convert() forces the full decode inside the try, so truncated files are caught here too.
-            return image.convert("L" if grayscale else "RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot decode image {path}: {error}") from error
-
-
 def image_transform(image_size: int, augment: bool, resize: bool = True) -> v2.Compose:
-    """PIL image or uint8 tensor -> float ``(C, S, S)`` tensor in [0, 1], augmented if ``augment``.
+    """Uint8 image tensor -> float ``(C, S, S)`` tensor in [0, 1], augmented if ``augment``.
 
     Augmentation is a random shift of up to 1/8 of the side (CIFAR's 4 px at 32 px, Tiny-ImageNet's
     8 px at 64 px) and a horizontal flip.
@@ -92,32 +90,6 @@ def image_transform(image_size: int, augment: bool, resize: bool = True) -> v2.C
     return v2.Compose(steps)
 
 
-def check_options(labels_per_class: int | None, *fractions: float) -> None:
-    """Refuse a non-positive ``labels_per_class`` or held-out fractions that leave no training data."""
-    if labels_per_class is not None and labels_per_class < 1:
-        raise ValueError(f"labels_per_class must be at least 1 or None, got {labels_per_class}")
-    if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
-        raise ValueError(f"held-out fractions {fractions} must be in [0, 1) and sum to less than 1")
-
-
-def seeded_split(
-    labels: Tensor, held_out: Sequence[int], labels_per_class: int | None, seed: int
-) -> list[Tensor]:
-    """Index chunks of the sizes in ``held_out``, then the training rest, all drawn with ``seed``.
-
-    The training rest is cut to a balanced ``labels_per_class`` images per class when that is given.
-    """
-    if sum(held_out) >= len(labels):
-        raise ValueError(f"holding out {sum(held_out)} of {len(labels)} images leaves none for training")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=generator)
-    chunks = list(order.split([*held_out, len(order) - sum(held_out)]))
-    if labels_per_class is not None:
-        train = chunks[-1]
-        chunks[-1] = train[labels_per_class_subset(labels[train], labels_per_class, generator)]
-    return chunks
-
-
 class ImageFileDataset(Dataset):
     """Labelled image files, decoded on access (large datasets do not fit in memory decoded)."""
 
@@ -125,33 +97,38 @@ class ImageFileDataset(Dataset):
         # Strings, not Paths: workers read the list without touching thousands of Python objects.
         self.paths = [str(path) for path, _ in samples]
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        self.transform, self.grayscale = transform, grayscale
+        self.transform = transform
+        self.mode = ImageReadMode.GRAY if grayscale else ImageReadMode.RGB
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.transform(load_image(self.paths[index], self.grayscale)), self.labels[index]
+        return self.transform(files.read_image(self.paths[index], self.mode)), self.labels[index]
 
 
-def file_splits(
-    samples: dict[str, Samples], held_out: dict[str, float], labels_per_class: int | None, seed: int
-) -> dict[str, Samples]:
-    """``samples`` with a seeded ``held_out`` share of ``train`` moved to each named split."""
-    train = samples["train"]
-    labels = torch.tensor([label for _, label in train], dtype=torch.long)
-    sizes = [int(len(train) * fraction) for fraction in held_out.values()]
-    chunks = seeded_split(labels, sizes, labels_per_class, seed)
-    moved = zip([*held_out, "train"], chunks, strict=True)
-    return {**samples, **{name: [train[i] for i in idx.tolist()] for name, idx in moved}}
+class FolderDataModule(SplitDataModule):
+    """A data module over a dataset folder ``root`` that must hold ``layout`` (see `files.check_layout`)."""
+
+    dataset_name: str
+    layout: str
+    root: Path
+
+    def check_root(self, root: str | Path, required: Sequence[str] = ()) -> None:
+        """Set ``self.root``, refusing a missing folder or a missing or empty ``required`` entry."""
+        self.root = files.check_layout(self.dataset_name, root, required, self.layout)
+
+    def malformed(self, problem: str) -> files.DatasetLayoutError:
+        """The error for a dataset whose files exist but are wrong, showing ``layout``."""
+        return files.layout_error(self.dataset_name, self.root, problem, self.layout)
 
 
-class FileDataModule(SplitDataModule):
+class FileDataModule(FolderDataModule):
     """A data module over ``self.samples`` (file lists per split), split by ``setup`` with a seed.
 
-    Subclasses fill ``samples`` (``train`` and any published split) and ``held_out`` (split name ->
-    share of ``train``), and save ``labels_per_class``, ``seed``, ``image_size`` and ``augment`` as
-    hyperparameters. A split that is neither published nor held out is ``val``.
+    Subclasses fill ``samples`` (``train`` and any published split) and ``held_out`` (``val`` and/or
+    ``test`` -> share of ``train``), and save ``labels_per_class``, ``seed``, ``image_size`` and
+    ``augment`` as hyperparameters. A split that is neither published nor held out is ``val``.
     """
 
     in_channels = 3
@@ -162,17 +139,25 @@ class FileDataModule(SplitDataModule):
         if self.splits:
             return
         hp = self.hparams
-        splits = file_splits(self.samples, self.held_out, hp["labels_per_class"], hp["seed"])
-        train, plain = (image_transform(hp["image_size"], a) for a in (hp["augment"], False))
+        train = self.samples["train"]
+        labels = torch.tensor([label for _, label in train], dtype=torch.long)
+        fractions = (self.held_out.get("val", 0.0), self.held_out.get("test", 0.0))
+        parts = files.seeded_split(len(train), *fractions, hp["seed"], labels, hp["labels_per_class"])
+        drawn = dict(zip(("train", "val", "test"), parts, strict=True))
+        splits = {
+            **self.samples,
+            **{n: [train[i] for i in drawn[n].tolist()] for n in ("train", *self.held_out)},
+        }
+        augment, plain = (image_transform(hp["image_size"], a) for a in (hp["augment"], False))
         gray = self.in_channels == 1
         self.splits = {
-            "train": ImageFileDataset(splits["train"], train, gray),
+            "train": ImageFileDataset(splits["train"], augment, gray),
             "val": ImageFileDataset(splits["val"], plain, gray),
             "test": ImageFileDataset(splits.get("test", splits["val"]), plain, gray),
         }
 
 
-class CIFAR10DataModule(SplitDataModule):
+class CIFAR10DataModule(FolderDataModule):
     """CIFAR-10 from its python pickle batches: a seeded train/val split of the 50,000, and the 10,000 test.
 
     Images are ``(3, 32, 32)``, held in memory as uint8 (CIFAR is small). torchvision checks the md5
@@ -190,6 +175,7 @@ class CIFAR10DataModule(SplitDataModule):
 
     in_channels = 3
     num_classes = 10
+    dataset_name, layout = "CIFAR-10", CIFAR10_LAYOUT
 
     def __init__(
         self,
@@ -202,24 +188,21 @@ class CIFAR10DataModule(SplitDataModule):
         augment: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        check_options(labels_per_class)
+        files.check_fractions(labels_per_class=labels_per_class)
         if val_size < 0:
             raise ValueError(f"val_size must be non-negative, got {val_size}")
         self.save_hyperparameters()
-        path = Path(root).expanduser()
-        folder = CIFAR10.base_folder
-        self.base = path.parent if path.name == folder else path
-        files = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-        self.layout = Layout("CIFAR-10", self.base, [f"{folder}/{name}" for name in files])
-        self.layout.require(self.layout.entries)
+        path, folder = Path(root).expanduser(), CIFAR10.base_folder
+        batches = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+        self.check_root(path.parent if path.name == folder else path, [f"{folder}/{b}" for b in batches])
 
     def read(self, train: bool) -> tuple[Tensor, Tensor]:
         """The training or test batches as uint8 ``(N, 3, 32, 32)`` images and long labels."""
         try:
-            dataset = CIFAR10(str(self.base), train=train, download=False)
+            dataset = CIFAR10(str(self.root), train=train, download=False)
         except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             # The files exist (checked in __init__), so torchvision's "not found or corrupted" means corrupt.
-            raise self.layout.malformed(f"not the official pickle batches ({error})") from error
+            raise self.malformed(f"not the official pickle batches ({error})") from error
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(dataset.targets, dtype=torch.long)
 
@@ -228,7 +211,9 @@ class CIFAR10DataModule(SplitDataModule):
             return
         hp = self.hparams
         images, labels = self.read(train=True)
-        val_idx, train_idx = seeded_split(labels, [hp["val_size"]], hp["labels_per_class"], hp["seed"])
+        train_idx, val_idx, _ = files.seeded_split_sizes(
+            len(labels), (hp["val_size"], 0), hp["seed"], labels, hp["labels_per_class"]
+        )
         plain, augment = (image_transform(32, a, resize=False) for a in (False, hp["augment"]))
         self.splits = {
             "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),
@@ -254,6 +239,8 @@ class TinyImageNetDataModule(FileDataModule):
         image_size: Side the 64 px images are resized to.
     """
 
+    dataset_name, layout = "Tiny-ImageNet-200", TINY_IMAGENET_LAYOUT
+
     def __init__(
         self,
         root: str,
@@ -266,14 +253,12 @@ class TinyImageNetDataModule(FileDataModule):
         image_size: int = 64,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        check_options(labels_per_class, val_fraction)
+        files.check_fractions(val_fraction, labels_per_class=labels_per_class)
         self.save_hyperparameters()
-        entries = ["wnids.txt", "train/<wnid>/images/*.JPEG", "val/images/*.JPEG", "val/val_annotations.txt"]
-        self.layout = Layout("Tiny-ImageNet-200", Path(root).expanduser(), entries)
-        self.layout.require(["wnids.txt", "train", "val/images", "val/val_annotations.txt"])
-        self.wnids = (self.layout.root / "wnids.txt").read_text().split()
+        self.check_root(root, ["wnids.txt", "train/", "val/images/", "val/val_annotations.txt"])
+        self.wnids = (self.root / "wnids.txt").read_text().split()
         if not self.wnids:
-            raise self.layout.malformed("wnids.txt lists no classes")
+            raise self.malformed("wnids.txt lists no classes")
         self.num_classes = len(self.wnids)
         self.samples = {"train": self.read_train(), "test": self.read_val()}
         self.held_out = {"val": val_fraction}
@@ -282,16 +267,16 @@ class TinyImageNetDataModule(FileDataModule):
         """``train/<wnid>/images/*`` of every wnid, labelled by its position in ``wnids.txt``."""
         samples: Samples = []
         for index, wnid in enumerate(self.wnids):
-            folder = self.layout.root / "train" / wnid / "images"
-            files = image_files(folder)
-            if not files:
-                raise self.layout.malformed(f"no images in {folder}")
-            samples += [(path, index) for path in files]
+            folder = self.root / "train" / wnid / "images"
+            images = image_files(folder)
+            if not images:
+                raise self.malformed(f"no images in {folder}")
+            samples += [(path, index) for path in images]
         return samples
 
     def read_val(self) -> Samples:
         """The official val images, labelled by ``val/val_annotations.txt``."""
-        annotations = self.layout.root / "val" / "val_annotations.txt"
+        annotations = self.root / "val" / "val_annotations.txt"
         class_index = {wnid: i for i, wnid in enumerate(self.wnids)}
         samples: Samples = []
         for number, line in enumerate(annotations.read_text().splitlines(), start=1):
@@ -300,13 +285,13 @@ class TinyImageNetDataModule(FileDataModule):
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in class_index:
                 want = "<file>\\t<wnid of wnids.txt>\\t<x0>\\t<y0>\\t<x1>\\t<y1>"
-                raise self.layout.malformed(f"{annotations} line {number} is not {want}: {line!r}")
-            path = self.layout.root / "val" / "images" / fields[0]
+                raise self.malformed(f"{annotations} line {number} is not {want}: {line!r}")
+            path = self.root / "val" / "images" / fields[0]
             if not path.is_file():
-                raise self.layout.malformed(f"{annotations} line {number} names missing file {path}")
+                raise self.malformed(f"{annotations} line {number} names missing file {path}")
             samples.append((path, class_index[fields[1]]))
         if not samples:
-            raise self.layout.malformed(f"{annotations} lists no images")
+            raise self.malformed(f"{annotations} lists no images")
         return samples
 
 
@@ -331,6 +316,8 @@ class ImageFolderDataModule(FileDataModule):
         grayscale: Decode to one channel (``in_channels`` becomes 1) instead of RGB.
     """
 
+    dataset_name, layout = "Image folder dataset", IMAGE_FOLDER_LAYOUT
+
     def __init__(
         self,
         root: str,
@@ -345,23 +332,16 @@ class ImageFolderDataModule(FileDataModule):
         grayscale: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        check_options(labels_per_class, val_fraction, test_fraction)
+        files.check_fractions(val_fraction, test_fraction, labels_per_class)
         self.save_hyperparameters()
-        entries = [
-            "<class>/<image>.jpg             (one folder per class), or",
-            "train/<class>/<image>.jpg",
-            "val/<class>/<image>.jpg",
-            "test/<class>/<image>.jpg        (optional)",
-        ]
-        self.layout = Layout("Image folder dataset", Path(root).expanduser(), entries)
-        self.layout.require()
+        self.check_root(root)
         self.in_channels = 1 if grayscale else 3
-        root_dir = self.layout.root
+        root_dir = self.root
         presplit = (root_dir / "train").is_dir() and (root_dir / "val").is_dir()
         train_dir = root_dir / "train" if presplit else root_dir
         self.classes = class_folders(train_dir)
         if not self.classes:
-            raise self.layout.malformed(f"no class folders in {train_dir}")
+            raise self.malformed(f"no class folders in {train_dir}")
         self.num_classes = len(self.classes)
         self.samples = {"train": self.read_split(train_dir, every_class=True)}
         if presplit:
@@ -375,11 +355,11 @@ class ImageFolderDataModule(FileDataModule):
         samples: Samples = []
         for name in class_folders(folder):
             if name not in index:
-                raise self.layout.malformed(f"{folder / name} is not a class of {self.classes}")
-            files = image_files(folder / name)
-            if not files and every_class:
-                raise self.layout.malformed(f"no images in class folder {folder / name}")
-            samples += [(path, index[name]) for path in files]
+                raise self.malformed(f"{folder / name} is not a class of {self.classes}")
+            images = image_files(folder / name)
+            if not images and every_class:
+                raise self.malformed(f"no images in class folder {folder / name}")
+            samples += [(path, index[name]) for path in images]
         if not samples:
-            raise self.layout.malformed(f"no images in {folder}/<class>/")
+            raise self.malformed(f"no images in {folder}/<class>/")
         return samples
