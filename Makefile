@@ -60,7 +60,7 @@ landmarks: artifacts/shapes-distill/last.ckpt
 	$(VENV)/bin/repfusion fit --config configs/landmarks.yaml
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/teacher_cost.py
+	$(PY) benchmarks/speed.py
 
 clean:
 	rm -rf artifacts lightning_logs

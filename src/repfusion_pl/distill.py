@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.students import Student
+from repfusion_pl.taps import compile_untapped
 from repfusion_pl.teachers import DiffusionTeacher
 from repfusion_pl.timesteps import TimestepSampler, UniformTimestep
 from repfusion_pl.weights import PROVENANCE_KEY
@@ -50,6 +51,13 @@ class RepFusionDistillation(LightningModule):
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
         sampler_lr: Learning rate of the sampler's group (policy + task head); default the
             optimiser's.
+        truncate_teacher: Stop the teacher after its deepest tapped layer (else run the decoder too,
+            as the authors' code did; kept for comparison).
+        teacher_inference_mode: Run the teacher under ``torch.inference_mode`` (else ``no_grad``).
+        channels_last: Keep student, teacher and images in channels-last memory format (faster
+            convolutions on CPUs and tensor-core GPUs; see benchmarks/speed.py).
+        compile_student: ``torch.compile`` the student backbone (opt-in; pays on GPUs).
+        compile_teacher: ``torch.compile`` the teacher UNet (opt-in; pays on GPUs).
     """
 
     def __init__(
@@ -62,6 +70,11 @@ class RepFusionDistillation(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         sampler_lr: float | None = None,
+        truncate_teacher: bool = True,
+        teacher_inference_mode: bool = True,
+        channels_last: bool = True,
+        compile_student: bool = False,
+        compile_teacher: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # live modules are dropped just below; no need to warn
@@ -75,6 +88,9 @@ class RepFusionDistillation(LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.sampler_lr = sampler_lr
+        self.truncate_teacher = truncate_teacher
+        self.teacher_inference_mode = teacher_inference_mode
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.head_layer = head_layer or teacher.layers[0]
         if self.head_layer not in teacher.feature_shapes:
             raise ValueError(
@@ -87,6 +103,13 @@ class RepFusionDistillation(LightningModule):
         # A plain tensor, not a buffer: DDP would overwrite every rank's counts with rank 0's.
         self._epoch_counts = torch.zeros(teacher.num_train_timesteps)
         self.timestep_history: list[list[int]] = []
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
+            teacher.unet.to(memory_format=torch.channels_last)
+        if compile_student:
+            self.student.backbone.compile()
+        if compile_teacher:
+            compile_untapped(teacher.unet, teacher.layers)
         self._rng: torch.Generator | None = None
         self._val_rng: torch.Generator | None = None
 
@@ -126,7 +149,14 @@ class RepFusionDistillation(LightningModule):
         self, images: Tensor, timesteps: Tensor, labels: Tensor | None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Feature-loss terms per tap pair, and the teacher features they were computed against."""
-        teacher_feats = self.teacher(images, timesteps, labels)
+        images = images.contiguous(memory_format=self.memory_format)
+        teacher_feats = self.teacher(
+            images,
+            timesteps,
+            labels,
+            truncate=self.truncate_teacher,
+            inference_mode=self.teacher_inference_mode,
+        )
         student_feats = self.student(images)
         terms: dict[str, Tensor] = {}
         for projector, s_name, t_name in zip(

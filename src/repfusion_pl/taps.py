@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -98,6 +97,24 @@ class FeatureTaps:
         return {p: captured[p] for p in self.paths}
 
 
-def spatial_shape(feature: Tensor) -> torch.Size:
-    """Return the spatial part of an ``(N, C, *spatial)`` feature map."""
-    return feature.shape[2:]
+def compile_untapped(model: nn.Module, paths: Sequence[str]) -> list[str]:
+    """``torch.compile`` every largest submodule that neither is, contains nor wraps a tap.
+
+    A compiled region would swallow the taps' hooks (and the early exit they raise), so tapped
+    modules and their ancestors stay eager while everything around them is compiled.
+
+    Returns:
+        The paths of the compiled submodules.
+    """
+    keep_eager = {""}
+    for path in paths:
+        parts = path.split(".")
+        keep_eager.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    compiled = []
+    for name, module in model.named_modules():
+        parent = name.rpartition(".")[0]
+        has_weights = next(module.parameters(), None) is not None
+        if name not in keep_eager and parent in keep_eager and has_weights:
+            module.compile()
+            compiled.append(name)
+    return compiled

@@ -238,9 +238,14 @@ class DiffusionTeacher(nn.Module):
             sample = self.scheduler.add_noise(sample, torch.randn_like(sample), timesteps)
         return sample
 
-    @torch.no_grad()
     def forward(
-        self, images: Tensor, timesteps: Tensor, labels: Tensor | None = None, *, truncate: bool = True
+        self,
+        images: Tensor,
+        timesteps: Tensor,
+        labels: Tensor | None = None,
+        *,
+        truncate: bool = True,
+        inference_mode: bool = True,
     ) -> dict[str, Tensor]:
         """Teacher features for a batch.
 
@@ -250,6 +255,8 @@ class DiffusionTeacher(nn.Module):
             labels: ``(N,)`` dataset labels; used only by class-conditional teachers.
             truncate: Stop the UNet as soon as every tapped layer has run (the default). ``False``
                 runs the whole UNet, decoder included, for comparison.
+            inference_mode: Run under ``torch.inference_mode`` (no autograd bookkeeping at all)
+                rather than ``torch.no_grad``; the features are returned as ordinary tensors.
 
         Returns:
             Features by layer path, each ``(N, C, h, w)``.
@@ -259,13 +266,19 @@ class DiffusionTeacher(nn.Module):
                 f"teacher {self.source!r} takes {self.in_channels}-channel images but the batch has "
                 f"{images.shape[1]}; convert the data (e.g. grayscale -> RGB) or use a matching teacher"
             )
-        return self._guest.taps.run(
-            self.unet,
-            self.unet_input(images, timesteps),
-            timesteps,
-            class_labels=self.teacher_labels(labels),
-            stop_early=truncate,
-        )
+        context = torch.inference_mode() if inference_mode else torch.no_grad()
+        with context:
+            features = self._guest.taps.run(
+                self.unet,
+                self.unet_input(images, timesteps),
+                timesteps,
+                class_labels=self.teacher_labels(labels),
+                stop_early=truncate,
+            )
+        if inference_mode:
+            # Inference tensors cannot be saved for backward, and losses save their targets.
+            features = {name: feature.clone() for name, feature in features.items()}
+        return features
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
