@@ -255,6 +255,25 @@ class PolicyTimestep(TimestepSampler):
         self.baseline_value.mul_(momentum).add_((1 - momentum) * batch_mean)
         return advantage
 
+    def reinforce(self, draw: TimestepDraw, reward: Tensor) -> SamplerOutput:
+        """REINFORCE loss and entropy bonus for drawn timesteps and their (detached) rewards.
+
+        The update itself, separate from where rewards come from: distillation passes minus the
+        task head's loss, the bandit environments of `repfusion_pl.rl` pass theirs.
+        """
+        if draw.log_prob is None or draw.entropy is None:
+            raise ValueError("reinforce needs a draw from this policy (with log_prob and entropy)")
+        advantage = self.advantage(reward)
+        beta = self.current_entropy_weight
+        entropy = draw.entropy.mean()
+        losses = {"policy": -(draw.log_prob * advantage).mean(), "entropy_bonus": -beta * entropy}
+        logs = {
+            "policy_entropy": entropy.detach(),
+            "reward": reward.mean(),
+            "entropy_weight": reward.new_tensor(beta),
+        }
+        return SamplerOutput(losses, logs)
+
     def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
         if labels is None:
             raise ValueError("PolicyTimestep needs labels: its reward is the task head's loss on them")
@@ -263,20 +282,8 @@ class PolicyTimestep(TimestepSampler):
                 f"label {int(labels.max() if labels.max() >= self.num_classes else labels.min())} is outside "
                 f"0..{self.num_classes - 1}; set PolicyTimestep.num_classes to the dataset's class count"
             )
-        assert self.head is not None and draw.log_prob is not None and draw.entropy is not None
+        assert self.head is not None
         head_ce = task_head_loss(self.head, features.detach(), labels)
-        reward = -head_ce.detach()
-        advantage = self.advantage(reward)
-        beta = self.current_entropy_weight
-        entropy = draw.entropy.mean()
-        losses = {
-            "head_ce": head_ce.mean(),
-            "policy": -(draw.log_prob * advantage).mean(),
-            "entropy_bonus": -beta * entropy,
-        }
-        logs = {
-            "policy_entropy": entropy.detach(),
-            "reward": reward.mean(),
-            "entropy_weight": reward.new_tensor(beta),
-        }
-        return SamplerOutput(losses, logs)
+        out = self.reinforce(draw, -head_ce.detach())
+        out.losses["head_ce"] = head_ce.mean()
+        return out
