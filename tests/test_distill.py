@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +149,6 @@ def test_timestep_histogram_is_counted_per_epoch(gray_teacher_dir, tmp_path):
     trainer.fit(module, tiny_loader())
     assert len(module.timestep_history) == 2
     assert module.timestep_history[0][5] == 16 and sum(module.timestep_history[1]) == 16
+    log_dir = Path(trainer.log_dir)
+    assert (log_dir / "timesteps.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((log_dir / "timestep_counts.json").read_text())["per_epoch"] == module.timestep_history

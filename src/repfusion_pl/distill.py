@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
+from repfusion_pl.plots import plot_timestep_evolution
 from repfusion_pl.students import Student
 from repfusion_pl.taps import compile_untapped
 from repfusion_pl.teachers import DiffusionTeacher
@@ -228,13 +229,11 @@ class RepFusionDistillation(LightningModule):
     def on_train_end(self) -> None:
         log_dir = self.trainer.log_dir
         if self.trainer.is_global_zero and log_dir is not None and self.timestep_history:
-            path = Path(log_dir) / "timestep_counts.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                json.dumps(
-                    {"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}
-                )
-            )
+            folder = Path(log_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"num_train_timesteps": len(self._epoch_counts), "per_epoch": self.timestep_history}
+            (folder / "timestep_counts.json").write_text(json.dumps(record))
+            plot_timestep_evolution(self.timestep_history, folder / "timesteps.png")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What produced these weights, so downstream loading can check it and say what fits.
