@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jsonargparse import ArgumentParser
+import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
@@ -14,6 +16,8 @@ import repfusion_pl.data  # noqa: F401
 import repfusion_pl.distill  # noqa: F401
 import repfusion_pl.tasks  # noqa: F401
 import repfusion_pl.teacher_training  # noqa: F401
+from repfusion_pl.probe import print_probe_table, run_probe, write_distill_configs, write_report
+from repfusion_pl.students import Student
 from repfusion_pl.weights import export_backbone
 
 
@@ -45,14 +49,61 @@ def export_command(args: Sequence[str]) -> None:
     print(f"wrote {path}")
 
 
+def probe_command(args: Sequence[str]) -> None:
+    """``repfusion probe``: linear-probe a teacher's layers x timesteps and write the best configs."""
+    parser = ArgumentParser(
+        prog="repfusion probe",
+        description="Which teacher layer and timestep carry the best features? Fits a streamed linear probe "
+        "per (layer, timestep) and for a random-init student, then writes a table, a heatmap and "
+        "ready-to-run distillation configs.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument(
+        "--teacher", type=str, required=True, help="hub id, diffusers folder or teacher .ckpt"
+    )
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    parser.add_argument("--num_classes", type=int | None, default=None, help="default: data.num_classes")
+    parser.add_argument("--layers", type=list[str] | None, default=None, help="default: one per UNet level")
+    parser.add_argument("--timesteps", type=list[int], default=[0, 25, 50, 100, 200, 400, 700, 999])
+    parser.add_argument("--student.arch", type=str, default="resnet18")
+    parser.add_argument("--student.stem", type=str, default="cifar")
+    parser.add_argument("--out_dir", type=str, default="artifacts/probe")
+    parser.add_argument("--seed", type=int, default=0)
+    config = parser.parse_args(list(args))
+    data_config = yaml.safe_load(parser.dump(config))["data"]
+    data = parser.instantiate_classes(config).data
+    data.setup("fit")
+    loaders = {"train": data.train_dataloader(), "val": data.val_dataloader()}
+    try:
+        loaders["test"] = data.test_dataloader()
+    except Exception:  # a data module without a test split: report validation accuracy twice
+        loaders["test"] = loaders["val"]
+    num_classes = config.num_classes or getattr(data, "num_classes", None)
+    if not num_classes:
+        parser.error("give --num_classes: the data module has no num_classes attribute")
+    torch.manual_seed(config.seed)
+    in_channels = next(iter(loaders["train"]))[0].shape[1]
+    student = Student(config.student.arch, stem=config.student.stem, in_channels=in_channels)
+    result = run_probe(config.teacher, loaders, num_classes, config.timesteps, config.layers, student)
+    paths = write_report(result, config.out_dir)
+    student_spec = {"arch": config.student.arch, "stem": config.student.stem, "in_channels": in_channels}
+    paths.update(write_distill_configs(result, data_config, student_spec, num_classes, config.out_dir))
+    print_probe_table(result)
+    for kind, path in paths.items():
+        print(f"{kind:>15}: {path}")
+
+
 def main(args: ArgsType | Sequence[str] = None) -> None:
     """Entry point of ``repfusion``.
 
-    Subcommands: LightningCLI's ``fit``, ``validate``, ``test``, ``predict``, plus ``export``.
+    Subcommands: LightningCLI's ``fit``, ``validate``, ``test``, ``predict``, plus ``export`` and
+    ``probe``.
     """
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]  # type: ignore[union-attr]
     if argv[:1] == ["export"]:
         export_command(argv[1:])
+    elif argv[:1] == ["probe"]:
+        probe_command(argv[1:])
     else:
         build_cli(argv)
 

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from repfusion_pl.cli import main
+from repfusion_pl.probe import RIDGE_STRENGTHS, StreamingRidge
+
+
+def test_streamed_ridge_equals_the_closed_form_on_all_the_data():
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 6), torch.randint(0, 4, (300,))
+    ridge = StreamingRidge(4)
+    for chunk_x, chunk_y in zip(x.split(64), y.split(64), strict=True):
+        ridge.update(chunk_x, chunk_y)
+    design = torch.cat([x, torch.ones(300, 1)], dim=1).double()
+    targets = torch.nn.functional.one_hot(y, 4).double()
+    strength = 0.1
+    penalty = torch.eye(7, dtype=torch.float64) * strength * (x.double() ** 2).sum(0).mean()
+    penalty[6, 6] = 0
+    expected = torch.linalg.solve(design.T @ design + penalty, design.T @ targets)
+    torch.testing.assert_close(ridge.solve(strength), expected)
+
+
+def test_streamed_ridge_separates_separable_classes():
+    x = torch.cat([torch.randn(50, 3) + 5, torch.randn(50, 3) - 5])
+    y = torch.cat([torch.zeros(50, dtype=torch.long), torch.ones(50, dtype=torch.long)])
+    ridge = StreamingRidge(2)
+    ridge.update(x, y)
+    weights = ridge.solve(RIDGE_STRENGTHS[0])
+    assert ((x.double() @ weights[:-1] + weights[-1]).argmax(1) == y).all()
+
+
+def test_probe_command_writes_table_heatmap_and_configs_that_fit_accepts(gray_teacher_dir, tmp_path, capsys):
+    out = tmp_path / "probe"
+    main(
+        [
+            "probe",
+            "--teacher",
+            str(gray_teacher_dir),
+            "--data",
+            "repfusion_pl.data.DigitsDataModule",
+            "--data.image_size",
+            "8",
+            "--timesteps",
+            "[0, 500]",
+            "--layers",
+            '["down_blocks.0.resnets.0", "mid_block.resnets.1.conv2"]',
+            "--out_dir",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "random-init resnet18" in printed and "best:" in printed
+    result = json.loads((out / "probe.json").read_text())
+    assert len(result["rows"]) == 4 and 0 <= result["best"]["val_acc"] <= 1
+    assert {row["timestep"] for row in result["rows"]} == {0, 500}
+    assert result["random_student"]["val_acc"] > 0.3  # 10 classes: well above chance on real digits
+    assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "probe.csv").read_text().splitlines()[0] == "layer,timestep,val_acc,test_acc,ridge"
+    for name in ("distill-fixed.yaml", "distill-policy.yaml"):
+        main(
+            [
+                "fit",
+                "--config",
+                str(out / name),
+                "--trainer.fast_dev_run=1",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={tmp_path}",
+                f"--trainer.callbacks.init_args.dirpath={tmp_path / name}",
+                "--data.init_args.image_size=8",
+            ]
+        )
+
+
+def test_probe_refuses_something_that_is_not_a_data_module(gray_teacher_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "probe",
+                "--teacher",
+                str(gray_teacher_dir),
+                "--data",
+                "torch.nn.Linear",
+                "--out_dir",
+                str(tmp_path),
+            ]
+        )
+    assert "LightningDataModule" in capsys.readouterr().err
