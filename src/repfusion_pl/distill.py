@@ -104,9 +104,8 @@ class RepFusionDistillation(LightningModule):
         # A plain tensor, not a buffer: DDP would overwrite every rank's counts with rank 0's.
         self._epoch_counts = torch.zeros(teacher.num_train_timesteps)
         self.timestep_history: list[list[int]] = []
-        if channels_last:
-            self.student.to(memory_format=torch.channels_last)
-            teacher.unet.to(memory_format=torch.channels_last)
+        if channels_last:  # every 4-D weight (student, projectors, policy) and the teacher
+            self.to(memory_format=torch.channels_last)
         if compile_student:
             self.student.backbone.compile()
         if compile_teacher:
