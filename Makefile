@@ -3,7 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format teacher distill classify shapes-distill segment landmarks benchmark clean
+.PHONY: install test test-all lint format teacher distill classify shapes-distill segment landmarks demo \
+	fashion-mnist fashion-teacher quality benchmark clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -58,6 +59,27 @@ segment: artifacts/shapes-distill/last.ckpt
 
 landmarks: artifacts/shapes-distill/last.ckpt
 	$(VENV)/bin/repfusion fit --config configs/landmarks.yaml
+
+# The whole story on the digits (under 30 minutes on 2 CPU cores): probe, three distillations,
+# fine-tuning from each and from random init over 3 seeds -> benchmarks/results/demo.{json,md,png}.
+demo: artifacts/digits-teacher/unet/config.json
+	$(PY) benchmarks/demo.py
+
+# Fashion-MNIST from the Debian/Ubuntu package, when it is missing and apt-get can install it.
+FASHION := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@test -f $(FASHION)/train-images-idx3-ubyte.gz || apt-get install -y dataset-fashion-mnist || { \
+		echo "Fashion-MNIST is not in $(FASHION): install the package dataset-fashion-mnist, or run"; \
+		echo "benchmarks/quality.py --root DIR with the four IDX .gz files in DIR"; exit 1; }
+
+artifacts/fashion-teacher/unet/config.json: configs/fashion-teacher.yaml | $(STAMP) fashion-mnist
+	$(VENV)/bin/repfusion fit --config configs/fashion-teacher.yaml
+
+fashion-teacher: artifacts/fashion-teacher/unet/config.json
+
+# Does distillation beat random init on real data? Fashion-MNIST, CPU profile (under an hour here).
+quality: artifacts/fashion-teacher/unet/config.json
+	$(PY) benchmarks/quality.py --profile cpu
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/speed.py

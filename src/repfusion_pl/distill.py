@@ -14,6 +14,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from repfusion_pl import rng
+from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.plots import plot_timestep_evolution
@@ -22,6 +24,10 @@ from repfusion_pl.taps import compile_untapped
 from repfusion_pl.teachers import DiffusionTeacher
 from repfusion_pl.timesteps import TimestepSampler, UniformTimestep
 from repfusion_pl.weights import PROVENANCE_KEY
+
+#: Checkpoint keys of every rank's RNG states and of the per-epoch timestep counts.
+RNG_KEY = "rng_states"
+HISTORY_KEY = "timestep_history"
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -112,6 +118,7 @@ class RepFusionDistillation(LightningModule):
             compile_untapped(teacher.unet, teacher.layers)
         self._rng: torch.Generator | None = None
         self._val_rng: torch.Generator | None = None
+        self._resumed_rng_state: dict[str, Tensor] | None = None
 
     def _build_projectors(self) -> nn.ModuleList:
         teacher, student = self.teacher, self.student
@@ -179,6 +186,7 @@ class RepFusionDistillation(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = _split_batch(batch)
+        check_image_channels(images, self.teacher.in_channels, "the teacher and student")
         terms, logs = self.distillation_terms(images, labels)
         total = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(total):
@@ -197,6 +205,7 @@ class RepFusionDistillation(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = _split_batch(batch)
+        check_image_channels(images, self.teacher.in_channels, "the teacher and student")
         draw = self.sampler.draw(images, self._val_rng)
         terms, _ = self.feature_terms(images, draw.timesteps, labels)
         loss = torch.stack(list(terms.values())).sum()
@@ -211,6 +220,11 @@ class RepFusionDistillation(LightningModule):
         # One generator per rank, so each DDP process draws its own timesteps.
         seed = (torch.initial_seed() + 7919 * self.global_rank) % 2**63
         self._rng = torch.Generator(device=self.device).manual_seed(seed)
+        if self._resumed_rng_state is not None:
+            # Restored here, not in on_load_checkpoint (the generator does not exist yet there) and not
+            # later: Lightning builds the first resumed epoch's data iterator right after this hook.
+            rng.restore(self._resumed_rng_state, self._rng)
+            self._resumed_rng_state = None
 
     def on_train_epoch_start(self) -> None:
         self.sampler.set_epoch(self.current_epoch)
@@ -240,9 +254,35 @@ class RepFusionDistillation(LightningModule):
 
         checkpoint[PROVENANCE_KEY] = {
             "student": self.student.spec(),
-            "teacher": {"source": self.teacher.source, "layers": self.teacher.layers},
+            "teacher": {
+                "source": self.teacher.source,
+                "layers": self.teacher.layers,
+                "unet": unet_fingerprint(self.teacher),
+            },
             "package_version": __version__,
         }
+        checkpoint[HISTORY_KEY] = self.timestep_history
+        # Every rank's RNG states (this hook runs on all ranks), so a resume continues each stream.
+        states = {key: value.cpu() for key, value in rng.capture(self._rng).items()}
+        if (
+            self.trainer.world_size > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            per_rank: list[Any] = [None] * self.trainer.world_size
+            # all_gather_object, not self.all_gather: the states are uint8/int64 tensors of unequal kinds.
+            torch.distributed.all_gather_object(per_rank, states)
+            checkpoint[RNG_KEY] = per_rank
+        else:
+            checkpoint[RNG_KEY] = [states]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(self, checkpoint.get(PROVENANCE_KEY, {}))
+        self.timestep_history = [list(counts) for counts in checkpoint.get(HISTORY_KEY, [])]
+        per_rank = checkpoint.get(RNG_KEY)
+        if per_rank:
+            # A run resumed on more ranks than it was saved from reuses streams round-robin.
+            self._resumed_rng_state = per_rank[self.global_rank % len(per_rank)]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Student + projectors first; the learned sampler (policy, task head) second, if any."""
@@ -274,3 +314,40 @@ class RepFusionDistillation(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+
+def unet_fingerprint(teacher: DiffusionTeacher) -> dict[str, Any]:
+    """The teacher UNet's architecture (its diffusers config, minus bookkeeping keys)."""
+    config = {k: v for k, v in dict(teacher.unet.config).items() if not k.startswith("_")}
+    return json.loads(json.dumps(config, default=str))  # plain lists and strings: comparable after a reload
+
+
+def check_compatible(module: RepFusionDistillation, provenance: dict[str, Any]) -> None:
+    """Refuse a checkpoint made by another student, other teacher layers or another teacher architecture.
+
+    Raises:
+        ValueError: Naming what differs and how to resume correctly.
+    """
+    saved_student = provenance.get("student")
+    current_student = module.student.spec()
+    fix = "resume with the checkpoint's own config (`repfusion fit --ckpt_path CKPT` restores it)"
+    if saved_student and saved_student != current_student:
+        raise ValueError(
+            f"this checkpoint was made by student {saved_student}, but this run builds {current_student}; "
+            + fix
+        )
+    saved_teacher = provenance.get("teacher", {})
+    if saved_teacher.get("layers") and list(saved_teacher["layers"]) != list(module.teacher.layers):
+        raise ValueError(
+            f"this checkpoint distilled teacher layers {saved_teacher['layers']}, but this run taps "
+            f"{module.teacher.layers}; {fix}"
+        )
+    saved_unet = saved_teacher.get("unet")
+    if saved_unet and saved_unet != unet_fingerprint(module.teacher):
+        current = unet_fingerprint(module.teacher)
+        differs = sorted(k for k in set(saved_unet) | set(current) if saved_unet.get(k) != current.get(k))
+        raise ValueError(
+            f"this checkpoint was distilled from teacher {saved_teacher.get('source')!r}, whose UNet differs "
+            f"from {module.teacher.source!r} in {', '.join(differs)}; point model.teacher.source at the "
+            "original teacher"
+        )

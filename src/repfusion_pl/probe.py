@@ -123,6 +123,22 @@ def _probe(extract, loaders: dict[str, Iterable], layers: Sequence[str], num_cla
     }
 
 
+def probe_student(student: Student, loaders: dict[str, Iterable], num_classes: int) -> dict[str, Any]:
+    """Linear-probe a student's pooled last-tap features (random-init or distilled) the same way.
+
+    Returns:
+        ``{"val_acc", "test_acc", "ridge"}``.
+    """
+    student.eval()
+    tap = student.taps[-1]
+
+    def student_features(images: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return _pooled({tap: student(images)[tap]})
+
+    return _probe(student_features, loaders, [tap], num_classes)[tap]
+
+
 def run_probe(
     teacher_source: str,
     loaders: dict[str, Iterable],
@@ -161,17 +177,10 @@ def run_probe(
         bar.update()
     baseline = None
     if student is not None:
-        student.eval()
-        tap = student.taps[-1]
-
-        def student_features(images: Tensor) -> dict[str, Tensor]:
-            with torch.no_grad():
-                return _pooled({tap: student(images)[tap]})
-
         baseline = {
             "arch": student.arch,
             "stem": student.stem,
-            **_probe(student_features, loaders, [tap], num_classes)[tap],
+            **probe_student(student, loaders, num_classes),
         }
         bar.update()
     bar.close()

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
+
+from repfusion_pl.checkpoint_io import atomic_write_bytes
 
 #: Key prefix of the student backbone inside a `RepFusionDistillation` state dict.
 STUDENT_PREFIX = "student.backbone."
@@ -118,12 +120,7 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
         The written path.
     """
     weights = read_backbone_weights(checkpoint)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     provenance = {**weights.provenance, "exported_from": str(checkpoint)}
     tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
-    # Write next to the target and rename: a reader never sees a half-written file.
-    partial = output.with_name(output.name + ".partial")
-    save_file(tensors, str(partial), metadata={PROVENANCE_KEY: json.dumps(provenance)})
-    partial.replace(output)
-    return output
+    # Staged beside the target and renamed: a reader never sees a half-written file.
+    return atomic_write_bytes(output, save(tensors, metadata={PROVENANCE_KEY: json.dumps(provenance)}))

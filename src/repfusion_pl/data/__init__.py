@@ -3,6 +3,7 @@
 from repfusion_pl.data.celebamask import CelebAMaskHQDataModule
 from repfusion_pl.data.classification import CIFAR10DataModule, ImageFolderDataModule, TinyImageNetDataModule
 from repfusion_pl.data.digits import DigitsDataModule
+from repfusion_pl.data.fashion_mnist import FashionMNISTDataModule
 from repfusion_pl.data.shapes import ShapesDataModule
 from repfusion_pl.data.wflw import WFLWDataModule
 
@@ -10,6 +11,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CelebAMaskHQDataModule",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "ShapesDataModule",
     "TinyImageNetDataModule",

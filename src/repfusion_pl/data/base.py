@@ -18,6 +18,28 @@ from torch.utils.data import DataLoader, Dataset
 IGNORE_INDEX = 255
 
 
+def check_image_channels(images: torch.Tensor, expected: int, model: str) -> None:
+    """Fail with the fix when a batch's channel count is not what ``model`` was built for.
+
+    Raises:
+        ValueError: Naming both counts, the setting to change and how to convert the data instead.
+    """
+    if images.ndim == 4 and images.shape[1] == expected:
+        return
+    got = images.shape[1] if images.ndim == 4 else None
+    if got is None:
+        raise ValueError(f"{model} expects (N, C, H, W) image batches, got shape {tuple(images.shape)}")
+    convert = (
+        "repeat the grey channel 3 times"
+        if got == 1
+        else "add torchvision's v2.Grayscale() to its transforms"
+    )
+    raise ValueError(
+        f"the data gives {got}-channel images but {model} was built for {expected}-channel ones: set its "
+        f"in_channels to {got}, or convert the images in the data module ({convert})"
+    )
+
+
 class SplitDataModule(LightningDataModule):
     """A data module whose ``setup`` fills ``self.splits`` with ``train``/``val``/``test`` datasets.
 

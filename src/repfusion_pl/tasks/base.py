@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
 
@@ -102,6 +103,9 @@ class BaseTask(LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         images, target = batch
+        expected = getattr(self, "in_channels", None)
+        if isinstance(expected, int):
+            check_image_channels(images, expected, f"{type(self).__name__} (model.init_args.in_channels)")
         output = self(images)
         loss = self.compute_loss(output, target)
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]

@@ -1,0 +1,316 @@
+"""Every bad input ends in one message naming the problem and the fix; no earlier output is touched.
+
+Each row: a name, what triggers it (given the shared fixtures), the regex the message must match for
+the problem, and the one for the fix. Every case points its outputs at a folder holding an earlier
+run's files; none of them may change. The README's troubleshooting table is built from these rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from repfusion_pl import DiffusionTeacher, FixedTimestep, RepFusionDistillation, Student
+from repfusion_pl.cli import main
+from repfusion_pl.data import ImageFolderDataModule
+from repfusion_pl.losses import DenseMSELoss
+from repfusion_pl.tasks import ClassificationTask
+from repfusion_pl.weights import export_backbone, read_backbone_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Env:
+    """What the cases share: a tiny teacher, a distillation checkpoint and an earlier run's folder."""
+
+    teacher: Path
+    checkpoint: Path
+    earlier: Path
+    tmp: Path
+    capsys: pytest.CaptureFixture
+
+
+def cli_message(env: Env, *args: str) -> str:
+    """Run ``repfusion`` in-process; return what it printed on failing (or the exception's text)."""
+    try:
+        main(list(args))
+    except SystemExit as exit_info:
+        assert exit_info.code not in (0, None), "the command succeeded"
+        return env.capsys.readouterr().err
+    raise AssertionError("the command succeeded")
+
+
+def distill_cli(env: Env, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/distill.yaml"),
+        f"--model.init_args.teacher.init_args.source={env.teacher}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=0",
+        "--data.init_args.image_size=16",
+        "--data.init_args.batch_size=8",
+        f"--trainer.default_root_dir={env.earlier}",
+        f"--trainer.callbacks.init_args.dirpath={env.earlier}",
+        *extra,
+    ]
+
+
+def yaml_override(env: Env, name: str, edit: Callable[[dict], None]) -> str:
+    config = yaml.safe_load((ROOT / "configs/distill.yaml").read_text())
+    edit(config)
+    path = env.tmp / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def image_folder(env: Env, corrupt: bool = False, empty: bool = False) -> Path:
+    root = env.tmp / "images"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        if not empty:
+            Image.new("RGB", (8, 8), (200, 0, 0)).save(root / cls / "a.png")
+    if corrupt:
+        (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def classify(env: Env, batch: tuple[torch.Tensor, torch.Tensor], **kwargs) -> None:
+    task = ClassificationTask(**{"num_classes": 3, "in_channels": 1, **kwargs})
+    task.training_step(batch, 0)
+
+
+def unknown_class_path(env: Env) -> str:
+    return cli_message(
+        env, *distill_cli(env, "--model.init_args.sampler.class_path=repfusion_pl.PolicyTimestepp")
+    )
+
+
+def wrong_type_in_yaml(env: Env) -> str:
+    path = yaml_override(env, "typed.yaml", lambda c: c["trainer"].update(max_epochs="ten"))
+    return cli_message(
+        env, "fit", "--config", path, f"--model.init_args.teacher.init_args.source={env.teacher}"
+    )
+
+
+def missing_teacher(env: Env) -> str:
+    return cli_message(
+        env, *distill_cli(env, f"--model.init_args.teacher.init_args.source={env.tmp / 'nowhere'}")
+    )
+
+
+def unknown_teacher_layer(env: Env) -> None:
+    DiffusionTeacher(str(env.teacher), layers=["mid_block.resnet.1"])
+
+
+def dense_maps_cannot_match(env: Env) -> None:
+    teacher = DiffusionTeacher(str(env.teacher), layers=["mid_block.resnets.1.conv2"])
+    student = Student(
+        "resnet18", stem="imagenet", in_channels=1
+    )  # 1x1 at 8 px: nothing to compare per position
+    RepFusionDistillation(teacher, student, FixedTimestep(0), DenseMSELoss())
+
+
+def student_channels_differ_from_teacher(env: Env) -> None:
+    RepFusionDistillation(
+        DiffusionTeacher(str(env.teacher)), Student("resnet18", in_channels=3), FixedTimestep(0)
+    )
+
+
+def dataset_folder_missing(env: Env) -> None:
+    ImageFolderDataModule(str(env.tmp / "no-such-folder")).setup("fit")
+
+
+def dataset_folder_empty(env: Env) -> None:
+    ImageFolderDataModule(str(image_folder(env, empty=True))).setup("fit")
+
+
+def dataset_corrupt_image(env: Env) -> None:
+    data = ImageFolderDataModule(str(image_folder(env, corrupt=True)), image_size=8, val_fraction=0.0)
+    data.setup("fit")
+    for index in range(len(data.splits["train"])):
+        data.splits["train"][index]
+
+
+def label_outside_num_classes(env: Env) -> None:
+    classify(env, (torch.rand(2, 1, 16, 16), torch.tensor([0, 7])))
+
+
+def grey_data_rgb_model(env: Env) -> None:
+    classify(env, (torch.rand(2, 1, 16, 16), torch.tensor([0, 1])), in_channels=3)
+
+
+def rgb_data_grey_model(env: Env) -> None:
+    classify(env, (torch.rand(2, 3, 16, 16), torch.tensor([0, 1])), in_channels=1)
+
+
+def grey_data_rgb_distillation(env: Env) -> None:
+    module = RepFusionDistillation(
+        DiffusionTeacher(str(env.teacher)), Student("resnet18", in_channels=1), FixedTimestep(0)
+    )
+    module.training_step((torch.rand(2, 3, 16, 16), torch.tensor([0, 1])), 0)
+
+
+def non_finite_loss(env: Env) -> None:
+    module = RepFusionDistillation(
+        DiffusionTeacher(str(env.teacher)), Student("resnet18", in_channels=1), FixedTimestep(0)
+    )
+    with torch.no_grad():
+        module.projectors[0].bias.fill_(float("inf"))
+    module.training_step((torch.rand(2, 1, 16, 16), torch.tensor([0, 1])), 0)
+
+
+def checkpoint_from_another_architecture(env: Env) -> None:
+    ClassificationTask(num_classes=3, arch="resnet34", in_channels=1, backbone_weights=str(env.checkpoint))
+
+
+def export_into_the_wrong_model(env: Env) -> None:
+    exported = export_backbone(env.checkpoint, env.tmp / "backbone.safetensors")
+    ClassificationTask(num_classes=3, stem="imagenet", in_channels=1, backbone_weights=str(exported))
+
+
+def truncated_checkpoint(env: Env) -> str:
+    truncated = env.tmp / "truncated.ckpt"
+    truncated.write_bytes(env.checkpoint.read_bytes()[:2000])
+    try:
+        main(distill_cli(env, f"--ckpt_path={truncated}"))
+    except ValueError as err:
+        return str(err)
+    raise AssertionError("resuming from a truncated checkpoint succeeded")
+
+
+def resume_into_another_student(env: Env) -> str:
+    earlier_ckpt = env.earlier / "last.ckpt"
+    try:
+        main(
+            distill_cli(
+                env, "--model.init_args.student.init_args.arch=resnet34", f"--ckpt_path={earlier_ckpt}"
+            )
+        )
+    except ValueError as err:
+        return str(err)
+    raise AssertionError("a resnet18 checkpoint resumed into a resnet34 run")
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def pickle_that_runs_code(env: Env) -> None:
+    buffer = io.BytesIO()
+    pickle.dump({"state_dict": RunsCode()}, buffer)
+    path = env.tmp / "evil.ckpt"
+    path.write_bytes(buffer.getvalue())
+    read_backbone_weights(path)
+
+
+CASES = [
+    (
+        "unknown class_path",
+        unknown_class_path,
+        r"PolicyTimestepp",
+        r"did you mean 'repfusion_pl\.PolicyTimestep'",
+    ),
+    ("wrong type in YAML", wrong_type_in_yaml, r"max_epochs.*\n?.*int|Given value: ten", r"--print_config"),
+    ("missing teacher", missing_teacher, r"nowhere.*does not exist", r"expected one of these layouts"),
+    ("unknown teacher layer", unknown_teacher_layer, r"mid_block\.resnet\.1", r"mid_block\.resnets\.1"),
+    ("dense maps cannot match", dense_maps_cannot_match, r"gives 1x1 and teacher layer", r"PooledMSELoss"),
+    (
+        "student/teacher channels differ",
+        student_channels_differ_from_teacher,
+        r"3-channel",
+        r"in_channels to 1",
+    ),
+    ("dataset folder missing", dataset_folder_missing, r"no-such-folder.*does not exist", r"Expected layout"),
+    ("dataset folder empty", dataset_folder_empty, r"empty|no image", r"Expected layout"),
+    ("corrupt image", dataset_corrupt_image, r"broken\.png", r"cannot decode"),
+    (
+        "label outside num_classes",
+        label_outside_num_classes,
+        r"label 7 is outside 0\.\.2",
+        r"set num_classes",
+    ),
+    (
+        "grey data, RGB model",
+        grey_data_rgb_model,
+        r"1-channel images.*3-channel",
+        r"in_channels to 1.*repeat",
+    ),
+    (
+        "RGB data, grey model",
+        rgb_data_grey_model,
+        r"3-channel images.*1-channel",
+        r"in_channels to 3.*Grayscale",
+    ),
+    ("RGB data, grey distillation", grey_data_rgb_distillation, r"3-channel images", r"in_channels to 3"),
+    (
+        "non-finite loss",
+        non_finite_loss,
+        r"non-finite distillation loss at step 0",
+        r"Lower the learning rate",
+    ),
+    ("checkpoint from another arch", checkpoint_from_another_architecture, r"do not fit", r"same arch"),
+    ("export into the wrong model", export_into_the_wrong_model, r"do not fit", r"same arch, stem"),
+    ("truncated checkpoint", truncated_checkpoint, r"truncated", r"Resume from an intact checkpoint"),
+    ("resume into another student", resume_into_another_student, r"made by student", r"--ckpt_path CKPT"),
+    (
+        "pickle that runs code",
+        pickle_that_runs_code,
+        r"cannot read checkpoint .*safely",
+        r"weights_only=True",
+    ),
+]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory: pytest.TempPathFactory, gray_teacher_dir: Path) -> Path:
+    """A finished one-step CLI distillation whose folder every case writes into (and must not change)."""
+    folder = tmp_path_factory.mktemp("earlier-run")
+    env = Env(gray_teacher_dir, Path(), folder, folder, None)  # type: ignore[arg-type]
+    main(distill_cli(env))
+    assert (folder / "last.ckpt").is_file()
+    return folder
+
+
+@pytest.mark.parametrize(("name", "trigger", "problem", "fix"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_names_problem_and_fix(
+    name: str,
+    trigger: Callable[[Env], str | None],
+    problem: str,
+    fix: str,
+    gray_teacher_dir: Path,
+    gray_cifar_checkpoint: Path,
+    earlier_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    env = Env(gray_teacher_dir, gray_cifar_checkpoint, earlier_run, tmp_path, capsys)
+    before = digest(earlier_run)
+    try:
+        message = trigger(env)
+    except Exception as err:  # each case either returns the printed message or raises its error
+        message = str(err)
+    assert message, f"{name}: no error"
+    assert re.search(problem, message, re.S), f"{name}: problem not named:\n{message}"
+    assert re.search(fix, message, re.S), f"{name}: no fix given:\n{message}"
+    assert digest(earlier_run) == before, f"{name}: an earlier run's output changed"

@@ -1,0 +1,108 @@
+"""The comparison runner behind `make demo` and `benchmarks/quality.py`, driven end to end on tiny runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repfusion_pl.compare import Setting, markdown_table, mean_std, merge, run_study, sampler_arms
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_merge_nests_and_replaces_on_a_new_class_path() -> None:
+    base = {"a": {"b": 1, "c": 2}, "s": {"class_path": "P", "init_args": {"x": 1, "y": 2}}}
+    same = merge(base, {"a": {"b": 5}, "s": {"init_args": {"x": 3}}})
+    assert same == {"a": {"b": 5, "c": 2}, "s": {"class_path": "P", "init_args": {"x": 3, "y": 2}}}
+    other = merge(base, {"s": {"class_path": "Q", "init_args": {"z": 1}}})
+    assert other["s"] == {"class_path": "Q", "init_args": {"z": 1}}  # P's init_args would not fit Q
+    assert base["a"]["b"] == 1  # the base is not modified
+
+
+def test_sampler_arms_share_the_layer_and_differ_in_the_sampler() -> None:
+    policy = {"class_path": "repfusion_pl.PolicyTimestep", "init_args": {"num_classes": 10}}
+    arms = sampler_arms("mid_block.resnets.0", 120, policy, num_train_timesteps=1000)
+    samplers = {name: arm["model"]["init_args"]["sampler"] for name, arm in arms.items()}
+    assert samplers == {
+        "policy (REINFORCE)": policy,
+        "fixed t=120": {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": 120}},
+        "uniform t": {"class_path": "repfusion_pl.UniformTimestep", "init_args": {"max_t": 1000}},
+    }
+    assert {tuple(arm["model"]["init_args"]["teacher"]["init_args"]["layers"]) for arm in arms.values()} == {
+        ("mid_block.resnets.0",)
+    }
+
+
+def test_table_reports_mean_and_sample_std_and_bolds_the_best() -> None:
+    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213), abs=1e-6)
+    result = {
+        "seeds": [0, 1],
+        "settings": ["s"],
+        "scores": {"random init": {"s": [0.5, 0.7]}, "policy": {"s": [0.8, 0.8]}},
+    }
+    table = markdown_table(result)
+    assert "| random init | 60.0 ± 14.1 |" in table and "| policy | **80.0 ± 0.0** |" in table
+
+
+def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir: Path) -> None:
+    teacher_config = tmp_path / "teacher.yaml"
+    teacher_config.write_text(yaml.safe_dump({"model": {"init_args": {"output_dir": str(gray_teacher_dir)}}}))
+    data = {
+        "class_path": "repfusion_pl.data.DigitsDataModule",
+        "init_args": {"image_size": 16, "batch_size": 32, "val_fraction": 0.2, "test_fraction": 0.2},
+    }
+    tiny = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 0, "limit_test_batches": 2}
+    distill = merge(
+        yaml.safe_load((ROOT / "configs" / "distill.yaml").read_text()), {"trainer": tiny, "data": data}
+    )
+    classify = merge(
+        yaml.safe_load((ROOT / "configs" / "classify.yaml").read_text()), {"trainer": tiny, "data": data}
+    )
+    labelled = Setting("5 labels/class", {"data": {"init_args": {"labels_per_class": 5}}})
+    main_job_output = ROOT / "artifacts" / "digits-distill"
+    before = sorted(main_job_output.glob("*")) if main_job_output.exists() else []
+    mtimes = [p.stat().st_mtime for p in before]
+
+    result = run_study(
+        name="tiny",
+        teacher_config=teacher_config,
+        data=data,
+        distill_base=distill,
+        classify_base=classify,
+        settings=[labelled, Setting("linear probe, all labels")],
+        seeds=[0, 1],
+        timesteps=[0, 500],
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+    )
+
+    best = result["probe"]["best"]
+    assert set(result["scores"]) == {
+        "random init",
+        "policy (REINFORCE)",
+        f"fixed t={best['timestep']}",
+        "uniform t",
+    }
+    for arm, scores in result["scores"].items():
+        assert len(scores["5 labels/class"]) == 2
+        assert len(scores["linear probe, all labels"]) == (2 if arm == "random init" else 1)
+        assert all(0.0 <= acc <= 1.0 for values in scores.values() for acc in values)
+    written = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert written["scores"] == result["scores"] and written["seconds"]["total"] > 0
+    assert "| random init |" in (tmp_path / "results" / "tiny.md").read_text()
+    assert (tmp_path / "results" / "tiny.png").stat().st_size > 0
+    # Every run left a config that names its sampler and the probe's layer, and each student a checkpoint.
+    policy_config = yaml.safe_load((tmp_path / "work" / "configs" / "distill-policy.yaml").read_text())
+    assert policy_config["model"]["init_args"]["sampler"]["class_path"] == "repfusion_pl.PolicyTimestep"
+    assert policy_config["model"]["init_args"]["teacher"]["init_args"]["layers"] == [best["layer"]]
+    assert policy_config["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
+    assert sorted(p.name for p in (tmp_path / "work" / "students").iterdir()) == [
+        "fixed.ckpt",
+        "policy.ckpt",
+        "uniform.ckpt",
+    ]
+    # The base configs' checkpoint callbacks were dropped: the main job's outputs are untouched.
+    assert [p.stat().st_mtime for p in before] == mtimes

@@ -1,0 +1,137 @@
+"""A resumed run equals a straight one: weights, optimiser, EMA, chosen timesteps, every random stream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from conftest import quiet_trainer
+from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
+from repfusion_pl.data.digits import TensorImageDataset
+from repfusion_pl.resume import CONFIG_KEY, read_checkpoint, with_checkpoint_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loaders() -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(24, 1, 16, 16, generator=g), torch.randint(0, 3, (24,), generator=g)
+    # A random flip drawn from the global RNG: a resume must continue the augmentation stream too.
+    train = TensorImageDataset(images, labels, v2.RandomHorizontalFlip())
+    return DataLoader(train, batch_size=6, shuffle=True), DataLoader(
+        TensorImageDataset(images, labels), batch_size=12
+    )
+
+
+def fit(teacher_dir: Path, root: Path, epochs: int, ckpt_path: Path | None = None) -> RepFusionDistillation:
+    seed_everything(0)
+    module = RepFusionDistillation(
+        DiffusionTeacher(str(teacher_dir)),
+        Student("resnet18", in_channels=1),
+        PolicyTimestep(3, baseline="ema", entropy_end_epoch=3),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7),
+    )
+    callbacks = [ModelCheckpoint(dirpath=root, save_last=True), EMAWeightAveraging(decay=0.9)]
+    trainer = quiet_trainer(
+        root, max_epochs=epochs, deterministic=True, callbacks=callbacks, enable_checkpointing=True
+    )
+    trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
+    return module
+
+
+def test_resume_at_an_epoch_boundary_equals_the_straight_run(gray_teacher_dir: Path, tmp_path: Path) -> None:
+    straight = fit(gray_teacher_dir, tmp_path / "straight", epochs=4)
+    fit(gray_teacher_dir, tmp_path / "first", epochs=2)
+    resumed = fit(gray_teacher_dir, tmp_path / "second", epochs=4, ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert len(straight.timestep_history) == 4
+    assert resumed.timestep_history == straight.timestep_history  # the same t for every draw, every epoch
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    first = read_checkpoint(tmp_path / "first" / "last.ckpt")
+    final_straight, final_resumed = (
+        read_checkpoint(p / "last.ckpt") for p in (tmp_path / "straight", tmp_path / "second")
+    )
+    assert first["epoch"] == 1 and final_resumed["global_step"] == final_straight["global_step"] == 16
+    momentum = [s["momentum_buffer"] for s in final_straight["optimizer_states"][0]["state"].values()]
+    resumed_momentum = [s["momentum_buffer"] for s in final_resumed["optimizer_states"][0]["state"].values()]
+    for a, b in zip(momentum, resumed_momentum, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert final_resumed["lr_schedulers"] == final_straight["lr_schedulers"]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "repfusion_pl.cli", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def distill_args(teacher_dir: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/distill.yaml"),
+        f"--model.init_args.teacher.init_args.source={teacher_dir}",
+        "--trainer.deterministic=true",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--data.init_args.image_size=16",
+        "--data.init_args.batch_size=8",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.callbacks.init_args.dirpath={root}",
+        *extra,
+    ]
+
+
+def compare_checkpoints(straight: Path, resumed: Path, steps: int) -> None:
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["global_step"] == b["global_step"] == steps
+    assert b["timestep_history"] == a["timestep_history"]
+    for name, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("devices", [1, 2], ids=["one-process", "two-process-ddp"])
+def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
+    gray_teacher_dir: Path, tmp_path: Path, devices: int
+) -> None:
+    ddp = (
+        ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"] if devices == 2 else []
+    )
+    for root, epochs in (("straight", 2), ("first", 1)):
+        done = run_cli(
+            *distill_args(gray_teacher_dir, tmp_path / root, f"--trainer.max_epochs={epochs}", *ddp),
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    first = tmp_path / "first" / "last.ckpt"
+    stored = yaml.safe_load(read_checkpoint(first)[CONFIG_KEY])
+    assert stored["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
+    # No config and no repeated arguments: everything but the new epoch budget comes from the checkpoint.
+    done = run_cli("fit", f"--ckpt_path={first}", "--trainer.max_epochs=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compare_checkpoints(tmp_path / "straight" / "last.ckpt", first, steps=4)
+
+
+def test_checkpoint_config_is_injected_only_when_needed(gray_cifar_checkpoint: Path, tmp_path: Path) -> None:
+    assert with_checkpoint_config(["fit", "--config", "x.yaml"]) == ["fit", "--config", "x.yaml"]
+    assert with_checkpoint_config(["fit", "--ckpt_path", "last"]) == ["fit", "--ckpt_path", "last"]
+    with pytest.raises(ValueError, match="does not record its run's config"):
+        with_checkpoint_config(["fit", f"--ckpt_path={gray_cifar_checkpoint}"])  # written without the CLI
+    truncated = tmp_path / "epoch=3.ckpt"
+    truncated.write_bytes(gray_cifar_checkpoint.read_bytes()[:1000])
+    (tmp_path / "epoch=2.ckpt").write_bytes(gray_cifar_checkpoint.read_bytes())
+    with pytest.raises(ValueError, match=r"truncated.*Resume from an intact checkpoint.*epoch=2\.ckpt"):
+        with_checkpoint_config(["fit", "--ckpt_path", str(truncated)])
