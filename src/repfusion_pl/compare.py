@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +214,6 @@ class Comparison:
         from repfusion_pl.students import Student
         from repfusion_pl.weights import load_backbone_weights, read_backbone_weights
 
-        if self.probe_data is None:
-            raise ValueError(f"{self.name}: a linear-probe setting needs probe_data")
         model_args = self.classify_base["model"]["init_args"]
         lightning.seed_everything(seed, verbose=False)
         student = Student(
@@ -225,14 +224,20 @@ class Comparison:
         )
         if weights is not None:
             load_backbone_weights(student.backbone, read_backbone_weights(weights), target="student backbone")
-        data = instantiate(self.probe_data)  # one split for every seed: only the random init varies
+        return float(probe_student(student, self._probe_loaders, self.num_classes)["test_acc"])
+
+    @cached_property
+    def _probe_loaders(self) -> dict[str, Any]:
+        # Read once: one split serves every probe and seed (only a random init varies with the seed).
+        if self.probe_data is None:
+            raise ValueError(f"{self.name}: a linear-probe setting needs probe_data")
+        data = instantiate(self.probe_data)
         data.setup("fit")
-        loaders = {
+        return {
             "train": data.train_dataloader(),
             "val": data.val_dataloader(),
             "test": data.test_dataloader(),
         }
-        return float(probe_student(student, loaders, self.num_classes)["test_acc"])
 
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Every distillation, then every evaluation; write the JSON, markdown and plot; return the result."""
