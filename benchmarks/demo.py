@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from repfusion_pl.compare import Setting, run_study
+from study import Setting, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = {

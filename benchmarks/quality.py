@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from repfusion_pl.compare import Setting, merge, run_study
+from study import Setting, merge, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = {

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
-from repfusion_pl.data.digits import TensorImageDataset
+from repfusion_pl.data.labelled_images import TensorImageDataset
 
 # google/ddpm-cifar10-32 unet/config.json, as published on the Hugging Face hub.
 DDPM_CIFAR10_32 = dict(
@@ -148,9 +148,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     save_teacher(tmp.name)
 
-    def fresh_teacher(channels_last: bool = False) -> DiffusionTeacher:
+    def fresh_teacher(channels_last: bool = False, **options: bool) -> DiffusionTeacher:
         # Every row gets its own teacher: memory-format changes must not leak between rows.
-        teacher = DiffusionTeacher(tmp.name).to(device)
+        teacher = DiffusionTeacher(tmp.name, **options).to(device)
         if channels_last:
             teacher.unet.to(memory_format=torch.channels_last)
         return teacher
@@ -160,9 +160,12 @@ def main() -> None:
     labels = torch.randint(0, 10, (n,), device=device)
     timesteps = torch.randint(0, 1000, (n,), device=device)
 
-    def distiller(**options: bool) -> Callable[[], None]:
-        student = Student("resnet18", stem="cifar")
-        module = RepFusionDistillation(fresh_teacher(), student, PolicyTimestep(10), **options)
+    def distiller(channels_last: bool = True, compile: bool = False, **teacher: bool) -> Callable[[], None]:
+        student = Student("resnet18", stem="cifar", compile=compile)
+        teacher_module = fresh_teacher(compile=compile, **teacher)
+        module = RepFusionDistillation(
+            teacher_module, student, PolicyTimestep(10), channels_last=channels_last
+        )
         module.to(device).on_fit_start()
         module.log = lambda *a, **k: None  # type: ignore[method-assign]  # no Trainer attached
         optimiser = module.configure_optimizers()
@@ -170,7 +173,7 @@ def main() -> None:
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
             with autocast:
-                loss = module.training_step((images, labels), 0)
+                loss = module.training_step((images, labels), 0)["loss"]
             loss.backward()
             optimiser.step()
 
@@ -222,17 +225,15 @@ def main() -> None:
         "1 student-only supervised step, channels_last": student_step(True),
         "2 authors: full teacher fp32 + student step": authors_step(),
         "3 ours (defaults: truncate, inference_mode, channels_last)": distiller(),
-        "3 ours, truncation off": distiller(truncate_teacher=False),
-        "3 ours, inference_mode off": distiller(teacher_inference_mode=False),
+        "3 ours, truncation off": distiller(truncate=False),
+        "3 ours, inference_mode off": distiller(inference_mode=False),
         "3 ours, channels_last off": distiller(channels_last=False),
         "teacher forward, full UNet": teacher_forward(False, truncate=False),
         "teacher forward, truncated": teacher_forward(False),
         "teacher forward, truncated, channels_last": teacher_forward(True),
     }
     if args.compile:
-        rows["3 ours, torch.compile student + teacher"] = distiller(
-            compile_student=True, compile_teacher=True
-        )
+        rows["3 ours, torch.compile student + teacher"] = distiller(compile=True)
 
     loader = DataLoader(
         TensorImageDataset(images.cpu(), labels.cpu(), v2.RandomCrop(32, padding=4)), batch_size=n

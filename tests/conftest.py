@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny diffusers UNets saved in every layout the teacher loader accepts."""
+"""Shared fixtures: tiny diffusers UNets saved in every layout the teacher loader accepts, and CLI runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,10 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from repfusion_pl.teacher_training import build_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Committed tiny configs, applied on top of the project's own (`--config A --config B`).
+CONF = Path(__file__).resolve().parent / "conf"
 
 TINY_UNET = dict(block_out_channels=(8, 16), layers_per_block=1, attention_levels=(1,), norm_num_groups=4)
 
@@ -110,3 +117,35 @@ def gray_cifar_checkpoint(tmp_path_factory, gray_teacher_dir) -> Path:
 def rgb_imagenet_checkpoint(tmp_path_factory, rgb_teacher_dir) -> Path:
     """Distilled ResNet-18, ImageNet stem, 3 channels."""
     return make_distill_checkpoint(rgb_teacher_dir, tmp_path_factory.mktemp("ckpt-rgb"), "imagenet")
+
+
+def distill_command(
+    teacher: Path, root: Path, conf: str, *extra: str, checkpoints: Path | None = None
+) -> list[str]:
+    """``repfusion fit`` arguments: configs/distill.yaml + ``tests/conf/<conf>``, writing under ``root``.
+
+    Args:
+        teacher: The teacher source.
+        root: The run's ``default_root_dir``.
+        conf: A file of tests/conf applied on top of configs/distill.yaml.
+        *extra: More arguments, last (they override everything).
+        checkpoints: The ModelCheckpoint folder; default ``root`` (never the repository's artifacts/).
+    """
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "distill.yaml"),
+        "--config",
+        str(CONF / conf),
+        f"--model.init_args.teacher.init_args.source={teacher}",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.callbacks.init_args.dirpath={checkpoints or root}",
+        *extra,
+    ]
+
+
+def run_repfusion(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``repfusion`` in a fresh Python process (DDP, resumes and kills need their own process)."""
+    command = [sys.executable, "-m", "repfusion_pl.cli", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

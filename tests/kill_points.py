@@ -32,9 +32,9 @@ def install(point: str, n: int) -> None:
 
         RepFusionDistillation.training_step = training_step  # type: ignore[method-assign]
     elif point == "write":
-        from repfusion_pl import checkpoint_io
+        from repfusion_pl import checkpoints
 
-        original_write = checkpoint_io.write_temporary
+        original_write = checkpoints.write_temporary
         writes = {"count": 0}
 
         def write_temporary(path, data):  # type: ignore[no-untyped-def]
@@ -44,7 +44,7 @@ def install(point: str, n: int) -> None:
                 die()
             original_write(path, data)
 
-        checkpoint_io.write_temporary = write_temporary
+        checkpoints.write_temporary = write_temporary
     elif point == "between":
         from repfusion_pl.distill import RepFusionDistillation
 

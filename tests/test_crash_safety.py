@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from repfusion_pl.resume import read_checkpoint
-from test_resume import distill_args, run_cli
+from conftest import run_repfusion
+from repfusion_pl.checkpoints import read_checkpoint
+from test_resume import distill_args, timestep_history
 
 HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 2  # distill_args limits each epoch to two batches
@@ -43,8 +44,8 @@ def test_sigkill_then_resume_from_what_is_on_disk(
     assert last["global_step"] == intact_step
     for path in root.glob("*.ckpt"):
         read_checkpoint(path)  # every checkpoint on disk loads, not only last.ckpt
-    resumed = run_cli("fit", f"--ckpt_path={root / 'last.ckpt'}", cwd=tmp_path)
+    resumed = run_repfusion("fit", f"--ckpt_path={root / 'last.ckpt'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = read_checkpoint(root / "last.ckpt")
     assert final["global_step"] == 3 * STEPS_PER_EPOCH
-    assert len(final["timestep_history"]) == 3
+    assert len(timestep_history(final)) == 3

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from repfusion_pl.data import DigitsDataModule
+from repfusion_pl.data.splits import seeded_split
 
 
 def setup(**kwargs) -> DigitsDataModule:
@@ -45,3 +46,34 @@ def test_training_batches_are_shifted_evaluation_batches_are_not():
 def test_bad_fractions_are_refused():
     with pytest.raises(ValueError, match="sum to less than 1"):
         DigitsDataModule(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_seeded_split_follows_one_shuffle_by_hand():
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    # Every index below is read off this one shuffle of range(10), drawn by the same seeded generator.
+    order = torch.randperm(10, generator=seeded()).tolist()
+    train, val, test = seeded_split(10, (2, 3), seeded())
+    assert val.tolist() == sorted(order[:2]) and test.tolist() == sorted(order[2:5])
+    assert train.tolist() == sorted(order[5:])
+    assert sorted(train.tolist() + val.tolist() + test.tolist()) == list(range(10))
+    capped, same_val, same_test = seeded_split(10, (2, 3), seeded(), num_train=3)
+    assert capped.tolist() == sorted(order[5:8])  # the first 3 of the shuffled rest, then sorted
+    assert torch.equal(same_val, val) and torch.equal(same_test, test)
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    generator = seeded()
+    state = generator.get_state()
+    one_each, val_again, test_again = seeded_split(10, (2, 3), generator, labels, labels_per_class=1)
+    assert set(one_each.tolist()) <= set(train.tolist()) and one_each.tolist() == sorted(one_each.tolist())
+    assert sorted(labels[one_each].tolist()) == sorted(set(labels[train].tolist()))  # one of each class
+    assert torch.equal(val_again, val) and torch.equal(test_again, test)  # held-out splits are unchanged
+    all_kept, _, _ = seeded_split(10, (2, 3), seeded(), labels, labels_per_class=5)
+    assert torch.equal(all_kept, train)  # no class has more than 5 training images
+    # The same generator state gives the same split; the generator is left advanced.
+    again = torch.Generator().set_state(state)
+    assert torch.equal(seeded_split(10, (2, 3), again, labels, labels_per_class=1)[0], one_each)
+    assert not torch.equal(generator.get_state(), state)
+    with pytest.raises(ValueError, match="needs the labels"):
+        seeded_split(10, (2, 3), seeded(), labels_per_class=1)

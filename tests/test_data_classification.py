@@ -19,8 +19,8 @@ from repfusion_pl.data.files import (
     DatasetLayoutError,
     DatasetNotFoundError,
     MalformedDatasetError,
-    seeded_split_sizes,
 )
+from repfusion_pl.data.splits import seeded_split
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # class i is dominated by channel i
 
@@ -264,6 +264,8 @@ def write_flat_folder(root: Path, per_class: int = 10) -> Path:
     (root / "README.txt").parent.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text("not a class")
     (root / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    # ... nor samples: Jupyter keeps copies of a class's images there.
+    write_image(root / "red" / ".ipynb_checkpoints" / "0-checkpoint.png", COLOURS[0], size=(40, 30), seed=0)
     return root
 
 
@@ -354,14 +356,17 @@ def test_layout_errors_share_one_hierarchy(tmp_path):
     assert isinstance(malformed.value, DatasetLayoutError) and not isinstance(malformed.value, OSError)
 
 
-def test_seeded_split_sizes_partitions_sorted_and_balances_the_training_rest():
+def test_seeded_split_partitions_sorted_and_balances_the_training_rest():
+    def seeded(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
     labels = torch.arange(40) % 4
-    train, val, test = seeded_split_sizes(40, (5, 7), seed=3)
+    train, val, test = seeded_split(40, (5, 7), seeded(3))
     assert (len(train), len(val), len(test)) == (28, 5, 7)
     assert sorted(torch.cat([train, val, test]).tolist()) == list(range(40))
     assert all(torch.equal(part, part.sort().values) for part in (train, val, test))
-    small, same_val, _ = seeded_split_sizes(40, (5, 7), 3, labels, labels_per_class=2)
+    small, same_val, _ = seeded_split(40, (5, 7), seeded(3), labels, labels_per_class=2)
     assert torch.equal(same_val, val) and set(small.tolist()) <= set(train.tolist())
     assert torch.bincount(labels[small]).tolist() == [2, 2, 2, 2]
     with pytest.raises(ValueError, match="leaves none for training"):
-        seeded_split_sizes(10, (6, 4), seed=0)
+        seeded_split(10, (6, 4), seeded(0))

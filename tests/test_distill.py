@@ -17,6 +17,7 @@ from repfusion_pl import (
     PolicyTimestep,
     RepFusionDistillation,
     Student,
+    TimestepTelemetry,
 )
 
 
@@ -48,7 +49,8 @@ def test_projector_channels_are_inferred(gray_teacher_dir):
 def test_only_the_feature_loss_reaches_the_student(gray_teacher_dir):
     module = make_module(gray_teacher_dir)
     images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
-    terms, logs = module.distillation_terms(images, labels)
+    terms, logs, timesteps = module.training_losses(images, labels)
+    assert timesteps.shape == (4,)
     assert set(terms) == {"feature", "head_ce", "policy", "entropy_bonus"}
     assert {"t_mean", "t_std", "policy_entropy"} <= set(logs)
     for name in ("head_ce", "policy", "entropy_bonus"):
@@ -128,8 +130,8 @@ def test_dense_loss_on_matchable_maps_trains(gray_teacher_dir):
         feature_loss=DenseMSELoss(),
         student_kwargs={"taps": ["layer2"]},
     )
-    loss = module.training_step((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), 0)
-    assert torch.isfinite(loss)
+    output = module.training_step((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), 0)
+    assert torch.isfinite(output["loss"]) and output["timesteps"].tolist() == [0, 0]
 
 
 def test_ema_callback_averages_the_student_and_leaves_the_teacher_shared(gray_teacher_dir, tmp_path):
@@ -147,8 +149,19 @@ def test_timestep_histogram_is_counted_per_epoch(gray_teacher_dir, tmp_path):
     module = make_module(gray_teacher_dir, sampler=FixedTimestep(5))
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, tiny_loader())
-    assert len(module.timestep_history) == 2
-    assert module.timestep_history[0][5] == 16 and sum(module.timestep_history[1]) == 16
+    (telemetry,) = [c for c in trainer.callbacks if isinstance(c, TimestepTelemetry)]  # added by the module
+    assert len(telemetry.history) == 2
+    assert telemetry.history[0][5] == 16 and sum(telemetry.history[1]) == 16
     log_dir = Path(trainer.log_dir)
     assert (log_dir / "timesteps.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((log_dir / "timestep_counts.json").read_text())["per_epoch"] == module.timestep_history
+    assert json.loads((log_dir / "timestep_counts.json").read_text())["per_epoch"] == telemetry.history
+
+
+def test_a_trainers_own_telemetry_is_kept(gray_teacher_dir, tmp_path):
+    module = make_module(gray_teacher_dir, sampler=FixedTimestep(5))
+    own = TimestepTelemetry(plot=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[own])
+    trainer.fit(module, tiny_loader())
+    assert [c for c in trainer.callbacks if isinstance(c, TimestepTelemetry)] == [own]
+    assert own.history[0][5] == 16
+    assert not (Path(trainer.log_dir) / "timesteps.png").exists()

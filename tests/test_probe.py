@@ -4,7 +4,9 @@ import json
 
 import pytest
 import torch
+import yaml
 
+from conftest import ROOT
 from repfusion_pl.cli import main
 from repfusion_pl.probe import RIDGE_STRENGTHS, StreamingRidge
 
@@ -60,10 +62,18 @@ def test_probe_command_writes_table_heatmap_and_configs_that_fit_accepts(gray_te
     assert result["random_student"]["val_acc"] > 0.3  # 10 classes: well above chance on real digits
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "probe.csv").read_text().splitlines()[0] == "layer,timestep,val_acc,test_acc,ridge"
+    fixed = yaml.safe_load((out / "distill-fixed.yaml").read_text())
+    # An override of configs/distill.yaml: only what the probe found, nothing copied that could drift.
+    assert "max_epochs" not in fixed["trainer"] and "optimizer" not in fixed["model"]["init_args"]
+    assert fixed["model"]["init_args"]["teacher"]["init_args"]["layers"] == [result["best"]["layer"]]
+    assert fixed["model"]["init_args"]["sampler"]["init_args"] == {"t": result["best"]["timestep"]}
+    assert "repfusion fit --config configs/distill.yaml --config" in (out / "distill-fixed.yaml").read_text()
     for name in ("distill-fixed.yaml", "distill-policy.yaml"):
         main(
             [
                 "fit",
+                "--config",
+                str(ROOT / "configs" / "distill.yaml"),
                 "--config",
                 str(out / name),
                 "--trainer.fast_dev_run=1",

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +12,11 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from conftest import quiet_trainer
-from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
-from repfusion_pl.data.digits import TensorImageDataset
-from repfusion_pl.resume import CONFIG_KEY, read_checkpoint, with_checkpoint_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import distill_command, quiet_trainer, run_repfusion
+from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, TimestepTelemetry
+from repfusion_pl.checkpoints import CONFIG_KEY, read_checkpoint
+from repfusion_pl.cli import with_checkpoint_config
+from repfusion_pl.data.labelled_images import TensorImageDataset
 
 
 def loaders() -> tuple[DataLoader, DataLoader]:
@@ -33,7 +29,9 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     )
 
 
-def fit(teacher_dir: Path, root: Path, epochs: int, ckpt_path: Path | None = None) -> RepFusionDistillation:
+def fit(
+    teacher_dir: Path, root: Path, epochs: int, ckpt_path: Path | None = None
+) -> tuple[RepFusionDistillation, TimestepTelemetry]:
     seed_everything(0)
     module = RepFusionDistillation(
         DiffusionTeacher(str(teacher_dir)),
@@ -42,20 +40,24 @@ def fit(teacher_dir: Path, root: Path, epochs: int, ckpt_path: Path | None = Non
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7),
     )
-    callbacks = [ModelCheckpoint(dirpath=root, save_last=True), EMAWeightAveraging(decay=0.9)]
+    telemetry = TimestepTelemetry(plot=False)
+    callbacks = [ModelCheckpoint(dirpath=root, save_last=True), EMAWeightAveraging(decay=0.9), telemetry]
     trainer = quiet_trainer(
         root, max_epochs=epochs, deterministic=True, callbacks=callbacks, enable_checkpointing=True
     )
     trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
-    return module
+    return module, telemetry
 
 
 def test_resume_at_an_epoch_boundary_equals_the_straight_run(gray_teacher_dir: Path, tmp_path: Path) -> None:
-    straight = fit(gray_teacher_dir, tmp_path / "straight", epochs=4)
+    straight, straight_telemetry = fit(gray_teacher_dir, tmp_path / "straight", epochs=4)
     fit(gray_teacher_dir, tmp_path / "first", epochs=2)
-    resumed = fit(gray_teacher_dir, tmp_path / "second", epochs=4, ckpt_path=tmp_path / "first" / "last.ckpt")
-    assert len(straight.timestep_history) == 4
-    assert resumed.timestep_history == straight.timestep_history  # the same t for every draw, every epoch
+    resumed, resumed_telemetry = fit(
+        gray_teacher_dir, tmp_path / "second", epochs=4, ckpt_path=tmp_path / "first" / "last.ckpt"
+    )
+    assert len(straight_telemetry.history) == 4
+    # The same t for every draw, every epoch (the first two epochs' counts came back from the checkpoint).
+    assert resumed_telemetry.history == straight_telemetry.history
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
     first = read_checkpoint(tmp_path / "first" / "last.ckpt")
@@ -70,35 +72,18 @@ def test_resume_at_an_epoch_boundary_equals_the_straight_run(gray_teacher_dir: P
     assert final_resumed["lr_schedulers"] == final_straight["lr_schedulers"]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "repfusion_pl.cli", *args]
-    return subprocess.run(
-        command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout
-    )
-
-
 def distill_args(teacher_dir: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(ROOT / "configs/distill.yaml"),
-        f"--model.init_args.teacher.init_args.source={teacher_dir}",
-        "--trainer.deterministic=true",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false",
-        "--data.init_args.image_size=16",
-        "--data.init_args.batch_size=8",
-        f"--trainer.default_root_dir={root}",
-        f"--trainer.callbacks.init_args.dirpath={root}",
-        *extra,
-    ]
+    return distill_command(teacher_dir, root, "distill_resume.yaml", *extra)
+
+
+def timestep_history(checkpoint: dict) -> list[list[int]]:
+    return checkpoint["callbacks"]["TimestepTelemetry"]["history"]
 
 
 def compare_checkpoints(straight: Path, resumed: Path, steps: int) -> None:
     a, b = read_checkpoint(straight), read_checkpoint(resumed)
     assert a["global_step"] == b["global_step"] == steps
-    assert b["timestep_history"] == a["timestep_history"]
+    assert timestep_history(b) == timestep_history(a)
     for name, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -111,7 +96,7 @@ def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
         ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"] if devices == 2 else []
     )
     for root, epochs in (("straight", 2), ("first", 1)):
-        done = run_cli(
+        done = run_repfusion(
             *distill_args(gray_teacher_dir, tmp_path / root, f"--trainer.max_epochs={epochs}", *ddp),
             cwd=tmp_path,
         )
@@ -120,7 +105,7 @@ def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
     stored = yaml.safe_load(read_checkpoint(first)[CONFIG_KEY])
     assert stored["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
     # No config and no repeated arguments: everything but the new epoch budget comes from the checkpoint.
-    done = run_cli("fit", f"--ckpt_path={first}", "--trainer.max_epochs=2", cwd=tmp_path)
+    done = run_repfusion("fit", f"--ckpt_path={first}", "--trainer.max_epochs=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     compare_checkpoints(tmp_path / "straight" / "last.ckpt", first, steps=4)
 
@@ -133,5 +118,5 @@ def test_checkpoint_config_is_injected_only_when_needed(gray_cifar_checkpoint: P
     truncated = tmp_path / "epoch=3.ckpt"
     truncated.write_bytes(gray_cifar_checkpoint.read_bytes()[:1000])
     (tmp_path / "epoch=2.ckpt").write_bytes(gray_cifar_checkpoint.read_bytes())
-    with pytest.raises(ValueError, match=r"truncated.*Resume from an intact checkpoint.*epoch=2\.ckpt"):
+    with pytest.raises(ValueError, match=r"truncated.*Use an intact checkpoint.*epoch=2\.ckpt"):
         with_checkpoint_config(["fit", "--ckpt_path", str(truncated)])

@@ -48,22 +48,21 @@ def make(teacher, **options):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"channels_last": False}, {"teacher_inference_mode": False}, {"truncate_teacher": False}],
+    ("module_options", "teacher_options"),
+    [({"channels_last": False}, {}), ({}, {"inference_mode": False}), ({}, {"truncate": False})],
     ids=["no_channels_last", "no_inference_mode", "no_truncation"],
 )
-def test_each_option_gives_the_same_loss_and_gradients(rgb_teacher_dir, options):
-    teacher = DiffusionTeacher(str(rgb_teacher_dir))
+def test_each_option_gives_the_same_loss_and_gradients(rgb_teacher_dir, module_options, teacher_options):
     images = torch.rand(4, 3, 8, 8)
     losses, grads = [], []
-    for opts in ({}, options):
-        module = make(teacher, **opts)
+    for options, teacher_kwargs in (({}, {}), (module_options, teacher_options)):
+        teacher = DiffusionTeacher(str(rgb_teacher_dir), **teacher_kwargs)
+        module = make(teacher, **options)
         module.log = lambda *a, **k: None
-        loss = module.training_step((images, torch.zeros(4, dtype=torch.long)), 0)
+        loss = module.training_step((images, torch.zeros(4, dtype=torch.long)), 0)["loss"]
         loss.backward()
         losses.append(loss.detach())
         grads.append(module.student.backbone.conv1.weight.grad.clone())
-        teacher.unet.to(memory_format=torch.contiguous_format)
     # Other memory layouts pick other kernels, so sums run in another order: float32 rounding only.
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-3 * grads[0].abs().max().item())
@@ -76,5 +75,9 @@ def test_torch_compile_gives_the_same_features(rgb_teacher_dir):
     reference = teacher(x, t)
     compiled_paths = compile_untapped(teacher.unet, teacher.layers)
     assert "down_blocks" in compiled_paths and "mid_block" not in compiled_paths
-    compiled = teacher(x, t)
-    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(teacher(x, t), reference, rtol=1e-4, atol=1e-5)
+    # The same through the options: a compiled teacher and a compiled student, in one step.
+    compiled = DiffusionTeacher(str(rgb_teacher_dir), compile=True)
+    torch.testing.assert_close(compiled(x, t), reference, rtol=1e-4, atol=1e-5)
+    student = Student("resnet18", in_channels=3, compile=True)
+    assert student(x)["layer4"].shape == (4, 512, 1, 1)

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import quiet_trainer
-from repfusion_pl import ClassificationTask, LandmarkTask, SegmentationTask
+from repfusion_pl import BackboneSpec, ClassificationTask, LandmarkTask, SegmentationTask
 from repfusion_pl.tasks.landmarks import decode_heatmaps, gaussian_heatmaps
 from repfusion_pl.weights import read_backbone_weights
 
@@ -15,7 +15,9 @@ def loader(images, targets, batch_size=4):
 
 
 def test_classification_loads_distilled_weights_exactly(gray_cifar_checkpoint):
-    task = ClassificationTask(10, in_channels=1, backbone_weights=str(gray_cifar_checkpoint))
+    # No backbone given: its spec (resnet18, CIFAR stem, 1 channel) comes from the checkpoint.
+    task = ClassificationTask(10, backbone_weights=str(gray_cifar_checkpoint))
+    assert task.backbone_spec == BackboneSpec("resnet18", "torchvision", "cifar", 1)
     distilled = read_backbone_weights(gray_cifar_checkpoint).state_dict
     for key, value in task.encoder.backbone.state_dict().items():
         assert torch.equal(value, distilled[key]), key
@@ -25,13 +27,13 @@ def test_classification_loads_distilled_weights_exactly(gray_cifar_checkpoint):
 
 def test_classification_into_a_mismatched_architecture_lists_the_keys(gray_cifar_checkpoint):
     with pytest.raises(ValueError, match=r"missing keys \(\d+\): layer1\.2"):
-        ClassificationTask(10, arch="resnet34", in_channels=1, backbone_weights=str(gray_cifar_checkpoint))
+        ClassificationTask(
+            10, backbone=BackboneSpec("resnet34", in_channels=1), backbone_weights=str(gray_cifar_checkpoint)
+        )
 
 
 def test_linear_probe_keeps_backbone_and_batchnorm_statistics_fixed(gray_cifar_checkpoint, tmp_path):
-    task = ClassificationTask(
-        3, in_channels=1, backbone_weights=str(gray_cifar_checkpoint), freeze_backbone=True
-    )
+    task = ClassificationTask(3, backbone_weights=str(gray_cifar_checkpoint), freeze_backbone=True)
     before = {k: v.clone() for k, v in task.encoder.backbone.state_dict().items()}
     head_before = task.head.weight.clone()
     data = loader(torch.rand(8, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
@@ -44,7 +46,7 @@ def test_linear_probe_keeps_backbone_and_batchnorm_statistics_fixed(gray_cifar_c
 
 
 def test_full_fine_tune_changes_the_backbone(gray_cifar_checkpoint, tmp_path):
-    task = ClassificationTask(3, in_channels=1, backbone_weights=str(gray_cifar_checkpoint))
+    task = ClassificationTask(3, backbone_weights=str(gray_cifar_checkpoint))
     before = task.encoder.backbone.layer4[1].conv2.weight.clone()
     quiet_trainer(tmp_path, max_steps=2).fit(
         task, loader(torch.rand(8, 1, 16, 16), torch.tensor([0, 1, 2, 0] * 2))
@@ -53,7 +55,7 @@ def test_full_fine_tune_changes_the_backbone(gray_cifar_checkpoint, tmp_path):
 
 
 def test_classification_labels_outside_num_classes_are_explained():
-    task = ClassificationTask(3, in_channels=1)
+    task = ClassificationTask(3, backbone=BackboneSpec(in_channels=1))
     with pytest.raises(ValueError, match=r"label 5 is outside 0\.\.2"):
         task.training_step((torch.rand(2, 1, 16, 16), torch.tensor([0, 5])), 0)
 
@@ -77,7 +79,10 @@ def test_segmentation_encoder_takes_the_distilled_backbone(rgb_imagenet_checkpoi
 
 def test_segmentation_accepts_a_cifar_stem_student(gray_cifar_checkpoint):
     task = SegmentationTask(
-        3, stem="cifar", in_channels=1, dice_weight=0.5, backbone_weights=str(gray_cifar_checkpoint)
+        3,
+        backbone=BackboneSpec(stem="cifar", in_channels=1),
+        dice_weight=0.5,
+        backbone_weights=str(gray_cifar_checkpoint),
     )
     images = torch.rand(2, 1, 32, 32)
     output = task(images)
@@ -97,7 +102,7 @@ def test_heatmap_encoding_and_sub_pixel_decoding_round_trip():
 
 
 def test_landmark_head_reaches_the_requested_heatmap_stride():
-    task = LandmarkTask(5, (0, 1), image_size=32, heatmap_stride=1, stem="cifar")
+    task = LandmarkTask(5, (0, 1), image_size=32, heatmap_stride=1, backbone=BackboneSpec(stem="cifar"))
     assert task(torch.rand(2, 3, 32, 32)).shape == (2, 5, 32, 32)
     with pytest.raises(ValueError, match="power of two"):
         LandmarkTask(5, (0, 1), image_size=32, heatmap_stride=3)

@@ -5,7 +5,8 @@ from torch.utils.data import DataLoader
 
 from conftest import quiet_trainer
 from repfusion_pl import DiffusionTeacher, DiffusionTeacherTraining
-from repfusion_pl.data.digits import TensorImageDataset, load_digits_tensors
+from repfusion_pl.data.digits import load_digits_tensors
+from repfusion_pl.data.labelled_images import TensorImageDataset
 
 TINY = dict(
     sample_size=8, in_channels=1, block_out_channels=(8, 16), attention_levels=(1,), norm_num_groups=4

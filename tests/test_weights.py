@@ -10,6 +10,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from repfusion_pl import BackboneSpec
+from repfusion_pl.checkpoints import CheckpointError
 from repfusion_pl.cli import main
 from repfusion_pl.weights import (
     BackboneWeights,
@@ -21,13 +23,14 @@ from repfusion_pl.weights import (
 
 def test_checkpoint_records_provenance_and_holds_the_backbone(rgb_imagenet_checkpoint):
     weights = read_backbone_weights(rgb_imagenet_checkpoint)
-    assert weights.student == {
+    assert weights.provenance["student"] == {
         "arch": "resnet18",
         "library": "torchvision",
         "stem": "imagenet",
         "in_channels": 3,
         "taps": ["layer4"],
     }
+    assert weights.spec == BackboneSpec("resnet18", "torchvision", "imagenet", 3)
     assert weights.provenance["teacher"]["layers"] == ["mid_block.resnets.1.conv2"]
     assert "conv1.weight" in weights.state_dict and not any(k.startswith("fc.") for k in weights.state_dict)
 
@@ -50,7 +53,7 @@ def test_export_loads_strictly_into_torchvision_timm_and_smp(rgb_imagenet_checkp
         torch.testing.assert_close(
             model.state_dict()["layer3.1.conv2.weight"], original["layer3.1.conv2.weight"]
         )
-    assert read_backbone_weights(out).student["stem"] == "imagenet"
+    assert read_backbone_weights(out).spec.stem == "imagenet"
 
 
 def test_cifar_stem_export_loads_into_torchvision_with_the_same_stem(gray_cifar_checkpoint, tmp_path):
@@ -88,6 +91,11 @@ def test_missing_truncated_and_foreign_files_are_explained(tmp_path, rgb_imagene
     truncated.write_bytes(rgb_imagenet_checkpoint.read_bytes()[:2000])
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         read_backbone_weights(truncated)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    unreadable = r"cannot read .*broken\.safetensors as safetensors.*repfusion export"
+    with pytest.raises(CheckpointError, match=unreadable):
+        read_backbone_weights(broken)
     torch.save({"state_dict": {"model.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="no student backbone"):
         read_backbone_weights(tmp_path / "other.ckpt")

@@ -1,5 +1,6 @@
 """RepFusion in PyTorch Lightning: distil a diffusion model into a recognition backbone."""
 
+from repfusion_pl._version import __version__
 from repfusion_pl.distill import RepFusionDistillation
 from repfusion_pl.losses import (
     AttentionTransferLoss,
@@ -11,10 +12,11 @@ from repfusion_pl.losses import (
     PooledMSELoss,
     RKDLoss,
 )
-from repfusion_pl.students import Student
+from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
 from repfusion_pl.teacher_training import DiffusionTeacherTraining
 from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.telemetry import TimestepTelemetry
 from repfusion_pl.timesteps import (
     FixedTimestep,
     LinearDecayTimestep,
@@ -23,14 +25,14 @@ from repfusion_pl.timesteps import (
     UniformTimestep,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "BaseTask",
     "ClassificationTask",
     "LandmarkTask",
     "SegmentationTask",
     "AttentionTransferLoss",
+    "BackboneSpec",
     "DenseL1Loss",
     "DenseMSELoss",
     "DiffusionTeacher",
@@ -46,5 +48,6 @@ __all__ = [
     "RepFusionDistillation",
     "Student",
     "TimestepSampler",
+    "TimestepTelemetry",
     "UniformTimestep",
 ]

@@ -10,18 +10,23 @@ teacher is only worth distilling when its features clearly beat random ones.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from repfusion_pl.probe_report import (
+    DISTILL_CONFIG,
+    distill_overrides,
+    print_probe_table,
+    write_distill_overrides,
+    write_report,
+)
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
 
@@ -69,8 +74,8 @@ def _pooled(features: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: f.float().mean(dim=(2, 3)) for name, f in features.items()}
 
 
-class _Grid:
-    """Probe state for one feature extractor over several layers."""
+class LayerProbes:
+    """Ridge probes of one feature extractor's layers: fitted on one split, scored on others."""
 
     def __init__(self, layers: Sequence[str], num_classes: int) -> None:
         self.layers = list(layers)
@@ -101,9 +106,11 @@ class _Grid:
         return {layer: self.correct[(layer, strengths[layer])] / max(self.seen, 1) for layer in self.layers}
 
 
-def _probe(extract, loaders: dict[str, Iterable], layers: Sequence[str], num_classes: int) -> dict[str, dict]:
+def fit_ridge_probes(
+    extract, loaders: dict[str, Iterable], layers: Sequence[str], num_classes: int
+) -> dict[str, dict]:
     """Fit on ``train``, choose the ridge strength on ``val``, report ``val`` and ``test`` accuracy."""
-    grid = _Grid(layers, num_classes)
+    grid = LayerProbes(layers, num_classes)
     for images, labels in loaders["train"]:
         for layer, feats in extract(images).items():
             grid.ridges[layer].update(feats, labels)
@@ -112,7 +119,7 @@ def _probe(extract, loaders: dict[str, Iterable], layers: Sequence[str], num_cla
         grid.score(extract(images), labels, None)
     strengths = grid.best_strengths()
     val = grid.accuracy(strengths)
-    test_grid = _Grid(layers, num_classes)
+    test_grid = LayerProbes(layers, num_classes)
     test_grid.weights = grid.weights
     for images, labels in loaders["test"]:
         test_grid.score(extract(images), labels, strengths)
@@ -136,7 +143,7 @@ def probe_student(student: Student, loaders: dict[str, Iterable], num_classes: i
         with torch.no_grad():
             return _pooled({tap: student(images)[tap]})
 
-    return _probe(student_features, loaders, [tap], num_classes)[tap]
+    return fit_ridge_probes(student_features, loaders, [tap], num_classes)[tap]
 
 
 def run_probe(
@@ -172,7 +179,7 @@ def run_probe(
         def extract(images: Tensor, t: int = t) -> dict[str, Tensor]:
             return _pooled(teacher(images, torch.full((len(images),), t, dtype=torch.long)))
 
-        for layer, scores in _probe(extract, loaders, layers, num_classes).items():
+        for layer, scores in fit_ridge_probes(extract, loaders, layers, num_classes).items():
             rows.append({"layer": layer, "timestep": t, **scores})
         bar.update()
     baseline = None
@@ -188,107 +195,51 @@ def run_probe(
     return {"teacher": teacher_source, "rows": rows, "random_student": baseline, "best": best}
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``probe.csv``, ``probe.json`` and the ``probe.png`` heatmap (validation accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "probe.csv", "json": out / "probe.json", "png": out / "probe.png"}
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["layer", "timestep", "val_acc", "test_acc", "ridge"])
-        writer.writeheader()
-        writer.writerows(result["rows"])
-    paths["json"].write_text(json.dumps(result, indent=2))
-
-    layers = list(dict.fromkeys(row["layer"] for row in result["rows"]))
-    timesteps = list(dict.fromkeys(row["timestep"] for row in result["rows"]))
-    grid = np.zeros((len(layers), len(timesteps)))
-    for row in result["rows"]:
-        grid[layers.index(row["layer"]), timesteps.index(row["timestep"])] = row["val_acc"]
-    fig, axis = plt.subplots(figsize=(1.2 * len(timesteps) + 3, 0.6 * len(layers) + 1.8))
-    image = axis.imshow(grid, cmap="viridis", aspect="auto")
-    for (i, j), value in np.ndenumerate(grid):
-        axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="w" if value < grid.max() else "k")
-    axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
-    axis.set_yticks(range(len(layers)), layers)
-    axis.set_xlabel("timestep t")
-    baseline = result.get("random_student")
-    bar = f"; random-init {baseline['arch']}: {baseline['val_acc']:.3f}" if baseline else ""
-    axis.set_title(f"linear-probe val accuracy of {result['teacher']}{bar}", fontsize=9)
-    fig.colorbar(image, ax=axis, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(paths["png"], dpi=110)
-    plt.close(fig)
-    return paths
+def split_loaders(data: LightningDataModule) -> dict[str, Iterable]:
+    """The ``train``, ``val`` and ``test`` loaders of a data module (``val`` again when it has no test)."""
+    data.setup("fit")
+    loaders = {"train": data.train_dataloader(), "val": data.val_dataloader()}
+    try:
+        loaders["test"] = data.test_dataloader()
+    except Exception:  # a data module without a test split: report validation accuracy twice
+        loaders["test"] = loaders["val"]
+    return loaders
 
 
-def print_probe_table(result: dict[str, Any]) -> None:
-    """Print validation/test accuracy per layer and timestep, the best cell and the random bar."""
-    print(f"\n{'layer':<34} {'t':>5} {'val acc':>8} {'test acc':>9}")
-    for row in result["rows"]:
-        print(f"{row['layer']:<34} {row['timestep']:>5} {row['val_acc']:8.3f} {row['test_acc']:9.3f}")
-    best, baseline = result["best"], result["random_student"]
-    scores = f"val {best['val_acc']:.3f}, test {best['test_acc']:.3f}"
-    print(f"best: {best['layer']} at t={best['timestep']} ({scores})")
-    if baseline:
-        margin = best["val_acc"] - baseline["val_acc"]
-        verdict = "worth distilling" if margin > 0.02 else "NOT clearly better than random features"
-        print(
-            f"random-init {baseline['arch']} ({baseline['stem']} stem): val {baseline['val_acc']:.3f}, "
-            f"test {baseline['test_acc']:.3f} -> teacher margin {margin:+.3f}: {verdict}"
-        )
+def probe_teacher(
+    teacher_source: str,
+    data: LightningDataModule,
+    data_config: dict[str, Any],
+    timesteps: Sequence[int],
+    out_dir: str | Path,
+    student: Student,
+    layers: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    distill_config: str | Path = DISTILL_CONFIG,
+) -> dict[str, Any]:
+    """The probe as ``repfusion probe`` runs it: grid, random-init bar, report and distillation configs.
 
+    Args:
+        teacher_source: What `DiffusionTeacher` loads.
+        data: A labelled data module (every label is used).
+        data_config: Its config block (``class_path`` + ``init_args``), for the written configs.
+        timesteps: Timesteps of the grid.
+        out_dir: Where ``probe.{csv,json,png}`` and the configs go.
+        student: A randomly initialised student, the bar the teacher must beat.
+        layers: Teacher layers; default `candidate_layers`.
+        num_classes: Classes; default ``data.num_classes``.
+        distill_config: The base distillation config the written overrides apply to.
 
-def write_distill_configs(
-    result: dict[str, Any], data_config: dict, student: dict, num_classes: int, out_dir: str | Path
-) -> dict[str, Path]:
-    """Write a fixed-t and a policy distillation config at the probe's best layer and timestep."""
-    import yaml
-
-    best = result["best"]
-    out = Path(out_dir)
-
-    def config(sampler: dict, name: str) -> dict:
-        return {
-            "seed_everything": 0,
-            "trainer": {
-                "max_epochs": 30,
-                "callbacks": [
-                    {
-                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                        "init_args": {"dirpath": str(out / f"{name}-checkpoints"), "save_last": True},
-                    }
-                ],
-            },
-            "model": {
-                "class_path": "repfusion_pl.RepFusionDistillation",
-                "init_args": {
-                    "teacher": {
-                        "class_path": "repfusion_pl.DiffusionTeacher",
-                        "init_args": {"source": result["teacher"], "layers": [best["layer"]]},
-                    },
-                    "student": {"class_path": "repfusion_pl.Student", "init_args": student},
-                    "sampler": sampler,
-                },
-            },
-            "data": data_config,
-        }
-
-    fixed = {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": best["timestep"]}}
-    policy = {
-        "class_path": "repfusion_pl.PolicyTimestep",
-        "init_args": {"num_classes": num_classes, "baseline": "batch_mean"},
-    }
-    paths = {"fixed config": out / "distill-fixed.yaml", "policy config": out / "distill-policy.yaml"}
-    header = (
-        f"# Written by `repfusion probe`: best layer {best['layer']} at t={best['timestep']} "
-        f"(val acc {best['val_acc']:.3f}). Run: repfusion fit --config {{path}}\n"
-    )
-    for path, sampler in zip(paths.values(), (fixed, policy), strict=True):
-        body = yaml.safe_dump(config(sampler, path.stem), sort_keys=False)
-        path.write_text(header.format(path=path) + body)
-    return paths
+    Returns:
+        What `run_probe` returns, with ``"files"``: the written paths by kind.
+    """
+    loaders = split_loaders(data)
+    num_classes = num_classes or getattr(data, "num_classes", None)
+    if not num_classes:
+        raise ValueError(f"{type(data).__name__} has no num_classes attribute; give num_classes")
+    result = run_probe(teacher_source, loaders, num_classes, timesteps, layers, student)
+    files = write_report(result, out_dir)
+    overrides = distill_overrides(result, data_config, student.backbone_spec.as_dict(), num_classes, out_dir)
+    files.update(write_distill_overrides(overrides, result, out_dir, distill_config))
+    print_probe_table(result)
+    return {**result, "files": files}

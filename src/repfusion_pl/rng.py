@@ -47,3 +47,51 @@ def restore(state: dict[str, Tensor], generator: torch.Generator | None = None) 
         generator.set_state(state["generator"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+class RandomStreams:
+    """A process's random streams for one run: a training generator per rank, and a validation one.
+
+    The training generator draws the timesteps; each DDP rank seeds its own, so ranks draw
+    different timesteps. Validation draws from a generator reset at every validation epoch, so the
+    training stream is the same however often validation runs. `state_dict` packs every rank's
+    global RNG states and training generator, so a resumed run continues all of them.
+    """
+
+    def __init__(self) -> None:
+        self.train: torch.Generator | None = None
+        self.validation: torch.Generator | None = None
+        self._rank = 0
+        self._pending: dict[str, Tensor] | None = None
+
+    def start(self, rank: int, device: torch.device) -> None:
+        """Seed this rank's training stream from the global seed, or restore a loaded state."""
+        self._rank = rank
+        seed = (torch.initial_seed() + 7919 * rank) % 2**63
+        self.train = torch.Generator(device=device).manual_seed(seed)
+        if self._pending is not None:
+            # Restored now, when the generator exists, and before Lightning builds the first resumed
+            # epoch's data iterator (which draws from the global RNGs).
+            restore(self._pending, self.train)
+            self._pending = None
+
+    def start_validation(self, device: torch.device) -> torch.Generator:
+        """A fresh validation generator for this rank (same draws every validation epoch)."""
+        self.validation = torch.Generator(device=device).manual_seed(self._rank)
+        return self.validation
+
+    def state_dict(self, world_size: int = 1) -> list[dict[str, Tensor]]:
+        """Every rank's states; in DDP this is a collective call that every rank must make."""
+        states = {key: value.cpu() for key, value in capture(self.train).items()}
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if world_size == 1 or not distributed:
+            return [states]
+        per_rank: list = [None] * world_size
+        # all_gather_object: the states are uint8 and int64 tensors of unequal sizes.
+        torch.distributed.all_gather_object(per_rank, states)
+        return per_rank
+
+    def load_state_dict(self, per_rank: list[dict[str, Tensor]], rank: int) -> None:
+        """Keep this rank's states for `start`; a run resumed on more ranks reuses them round-robin."""
+        if per_rank:
+            self._pending = per_rank[rank % len(per_rank)]

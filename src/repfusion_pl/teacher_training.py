@@ -12,6 +12,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from repfusion_pl.checkpoints import CheckpointError, read_checkpoint
+
 
 def build_unet(
     sample_size: int,
@@ -100,13 +102,14 @@ class DiffusionTeacherTraining(LightningModule):
         self.lr = lr
         self.warmup_steps = warmup_steps
 
-    def _to_unit_range(self, images: Tensor) -> Tensor:
+    def to_unet_range(self, images: Tensor) -> Tensor:
+        """Map images from ``input_range`` onto the UNet's [-1, 1]."""
         low, high = self.input_range
         return (images - low) / (high - low) * 2 - 1
 
     def denoising_loss(self, images: Tensor) -> Tensor:
         """Epsilon-prediction MSE at uniformly drawn timesteps."""
-        x0 = self._to_unit_range(images)
+        x0 = self.to_unet_range(images)
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
@@ -141,25 +144,17 @@ class DiffusionTeacherTraining(LightningModule):
             print(f"teacher written to {path} (load it with DiffusionTeacher(source={str(path)!r}))")
 
 
-def load_training_checkpoint(path: Path) -> tuple[UNet2DModel, DDPMScheduler]:
-    """Rebuild the UNet and schedule from a `DiffusionTeacherTraining` checkpoint, strictly."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "block_out_channels" not in hparams or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a DiffusionTeacherTraining checkpoint (no UNet hyperparameters)")
-    unet = build_unet(
-        hparams["sample_size"],
-        hparams["in_channels"],
-        hparams["block_out_channels"],
-        hparams["layers_per_block"],
-        hparams["attention_levels"],
-        hparams["norm_num_groups"],
-    )
-    weights = {
-        k.removeprefix("unet."): v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")
-    }
-    unet.load_state_dict(weights, strict=True)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=hparams["num_train_timesteps"], beta_schedule=hparams["beta_schedule"]
-    )
-    return unet, scheduler
+def load_training_checkpoint(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """The UNet and noise schedule of a `DiffusionTeacherTraining` checkpoint.
+
+    Raises:
+        CheckpointError: The file is unreadable, unsafe, or a checkpoint of something else.
+    """
+    expected = "a checkpoint of DiffusionTeacherTraining (configs/teacher.yaml)"
+    hparams = read_checkpoint(path, expected=expected).get("hyper_parameters", {})
+    if "block_out_channels" not in hparams:
+        raise CheckpointError(
+            f"{path} is not a DiffusionTeacherTraining checkpoint (no UNet hyperparameters)"
+        )
+    module = DiffusionTeacherTraining.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return module.unet, module.noise_scheduler

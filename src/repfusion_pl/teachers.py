@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from repfusion_pl.taps import FeatureTaps
+from repfusion_pl.taps import FeatureTaps, compile_untapped
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
 
@@ -118,6 +119,11 @@ class DiffusionTeacher(nn.Module):
         class_label_map: For class-conditional UNets: dataset label -> teacher class id. Required
             for them, refused for unconditional ones.
         revision: Hub revision, for hub ids only.
+        truncate: Stop the UNet as soon as every tapped layer has run (the decoder is never
+            computed); ``False`` runs the whole UNet, as the authors' code did (kept for comparison).
+        inference_mode: Run under ``torch.inference_mode`` (no autograd bookkeeping at all) rather
+            than ``torch.no_grad``.
+        compile: ``torch.compile`` everything around the taps (opt-in; pays on GPUs).
     """
 
     _guest: _Guest
@@ -131,6 +137,9 @@ class DiffusionTeacher(nn.Module):
         mode: Literal["clean", "noised"] = "clean",
         class_label_map: dict[int, int] | None = None,
         revision: str | None = None,
+        truncate: bool = True,
+        inference_mode: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         unet, scheduler = load_diffusion_model(source, revision)
@@ -148,12 +157,15 @@ class DiffusionTeacher(nn.Module):
         self.source = source
         self.layers = list(layers)
         self.mode = mode
+        self.truncate, self.inference_mode = truncate, inference_mode
         self.input_range = (float(low), float(high))
         label_map = torch.full((max(class_label_map or {0: 0}) + 1,), -1, dtype=torch.long)
         for label, teacher_class in (class_label_map or {}).items():
             label_map[label] = teacher_class
         self.register_buffer("_label_map", label_map, persistent=False)
         self.feature_shapes = self._probe_feature_shapes()
+        if compile:  # after the shape probe, so that compiling waits for the first real batch
+            compile_untapped(unet, self.layers)
 
     @staticmethod
     def _check_class_conditioning(source: str, unet: UNet2DModel, class_label_map: dict | None) -> None:
@@ -198,6 +210,16 @@ class DiffusionTeacher(nn.Module):
     def is_class_conditional(self) -> bool:
         """Whether the UNet needs class labels."""
         return self.unet.class_embedding is not None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a distillation checkpoint records of its teacher: source, tapped layers, architecture.
+
+        The architecture is the UNet's diffusers config minus bookkeeping keys, as plain lists and
+        strings, so it compares equal after a round trip through a checkpoint.
+        """
+        config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+        unet = json.loads(json.dumps(config, default=str))
+        return {"source": self.source, "layers": list(self.layers), "unet": unet}
 
     def _probe_feature_shapes(self) -> dict[str, tuple[int, ...]]:
         x = torch.zeros(1, self.in_channels, self.sample_size, self.sample_size)
@@ -244,8 +266,8 @@ class DiffusionTeacher(nn.Module):
         timesteps: Tensor,
         labels: Tensor | None = None,
         *,
-        truncate: bool = True,
-        inference_mode: bool = True,
+        truncate: bool | None = None,
+        inference_mode: bool | None = None,
     ) -> dict[str, Tensor]:
         """Teacher features for a batch.
 
@@ -253,10 +275,9 @@ class DiffusionTeacher(nn.Module):
             images: ``(N, C, H, W)`` images in ``input_range``.
             timesteps: ``(N,)`` integer timesteps, one per image.
             labels: ``(N,)`` dataset labels; used only by class-conditional teachers.
-            truncate: Stop the UNet as soon as every tapped layer has run (the default). ``False``
-                runs the whole UNet, decoder included, for comparison.
-            inference_mode: Run under ``torch.inference_mode`` (no autograd bookkeeping at all)
-                rather than ``torch.no_grad``; the features are returned as ordinary tensors.
+            truncate: Override the teacher's ``truncate`` for this call.
+            inference_mode: Override the teacher's ``inference_mode`` for this call; the features
+                are returned as ordinary tensors either way.
 
         Returns:
             Features by layer path, each ``(N, C, h, w)``.
@@ -266,6 +287,8 @@ class DiffusionTeacher(nn.Module):
                 f"teacher {self.source!r} takes {self.in_channels}-channel images but the batch has "
                 f"{images.shape[1]}; convert the data (e.g. grayscale -> RGB) or use a matching teacher"
             )
+        truncate = self.truncate if truncate is None else truncate
+        inference_mode = self.inference_mode if inference_mode is None else inference_mode
         context = torch.inference_mode() if inference_mode else torch.no_grad()
         with context:
             features = self._guest.taps.run(

@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from repfusion_pl.checkpoint_io import atomic_write_bytes
-
-#: Key prefix of the student backbone inside a `RepFusionDistillation` state dict.
-STUDENT_PREFIX = "student.backbone."
-#: Checkpoint entry where `RepFusionDistillation` records its provenance.
-PROVENANCE_KEY = "repfusion"
+from repfusion_pl.checkpoints import (
+    PROVENANCE_KEY,
+    STUDENT_PREFIX,
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_write_bytes,
+    read_checkpoint,
+)
+from repfusion_pl.students import BackboneSpec
 
 
 @dataclass
@@ -36,40 +38,60 @@ class BackboneWeights:
     path: str = ""
 
     @property
-    def student(self) -> dict[str, Any]:
-        """The student spec (arch, library, stem, in_channels), if recorded."""
-        return dict(self.provenance.get("student", {}))
+    def spec(self) -> BackboneSpec | None:
+        """The spec of the backbone that produced these weights, if recorded."""
+        record = self.provenance.get("student")
+        return BackboneSpec.from_record(record) if record else None
 
 
 def read_backbone_weights(path: str | Path) -> BackboneWeights:
     """Read backbone weights from a distillation ``.ckpt`` or an exported ``.safetensors`` file.
 
     Checkpoints are read with ``weights_only=True``: a pickle that tries to run code is refused.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable or holds no student backbone.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"backbone weights {str(path)!r} do not exist; give a distillation checkpoint (.ckpt, e.g. "
             "<run>/checkpoints/last.ckpt) or a file written by `repfusion export` (.safetensors)"
         )
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
+        except Exception as err:  # a truncated file, another format, or malformed metadata
+            raise CheckpointError(
+                f"cannot read {path} as safetensors ({type(err).__name__}: {err}); give a file written "
+                "by `repfusion export`, or the distillation checkpoint (.ckpt) itself"
+            ) from err
         return BackboneWeights(state, provenance, str(path))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file or a pickle with code both land here
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {err}") from err
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    checkpoint = read_checkpoint(path, expected="a distillation checkpoint or a `repfusion export` file")
+    state = checkpoint["state_dict"]
     backbone = {k.removeprefix(STUDENT_PREFIX): v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
     if not backbone:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds no student backbone (no '{STUDENT_PREFIX}*' keys); is it a RepFusionDistillation "
             "checkpoint?"
         )
     return BackboneWeights(backbone, dict(checkpoint.get(PROVENANCE_KEY, {})), str(path))
+
+
+def resolve_backbone(
+    backbone: BackboneSpec | None, weights_path: str | Path | None
+) -> tuple[BackboneSpec, BackboneWeights | None]:
+    """The backbone to build and the weights to load into it.
+
+    The spec is ``backbone`` when given, else the one recorded with the weights (the distilled
+    student's), else `BackboneSpec`'s defaults.
+    """
+    weights = read_backbone_weights(weights_path) if weights_path is not None else None
+    recorded = weights.spec if weights is not None else None
+    return backbone or recorded or BackboneSpec(), weights
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:
@@ -94,8 +116,8 @@ def load_backbone_weights(module: nn.Module, weights: BackboneWeights, *, target
         if key in expected and value.shape != expected[key].shape
     ]
     if missing or unexpected or misshaped:
-        spec = weights.student
-        made_by = f" (made by a {spec.get('arch')}/{spec.get('stem')} stem student)" if spec else ""
+        spec = weights.spec
+        made_by = f" (made by a {spec.arch}/{spec.stem} stem student)" if spec else ""
         problems = [
             f"missing keys ({len(missing)}): {_listing(missing)}" if missing else "",
             f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}" if unexpected else "",

@@ -40,8 +40,8 @@ def check_image_channels(images: torch.Tensor, expected: int, model: str) -> Non
     )
 
 
-class SplitDataModule(LightningDataModule):
-    """A data module whose ``setup`` fills ``self.splits`` with ``train``/``val``/``test`` datasets.
+class BaseDataModule(LightningDataModule):
+    """Base of every data module of the package: ``setup`` fills the ``train``/``val``/``test`` splits.
 
     Args:
         batch_size: Batch size for every split.

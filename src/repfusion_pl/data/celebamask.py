@@ -18,15 +18,9 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from repfusion_pl.data.base import SplitDataModule
-from repfusion_pl.data.files import (
-    DatasetLayoutError,
-    check_fractions,
-    check_layout,
-    layout_error,
-    read_image,
-    seeded_split,
-)
+from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.files import DatasetLayout, read_image
+from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
 from repfusion_pl.data.transforms import HorizontalFlipWithClassSwap, JointDataset, build_pipeline
 
 PARTS = (
@@ -52,7 +46,9 @@ MASK_DIR = "CelebAMask-HQ-mask-anno"
 MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
 #: Official CelebA split by 0-based CelebA index: train below the first, val below the second.
 CELEBA_SPLIT_ENDS = (162770, 182637)
-LAYOUT = """\
+LAYOUT = DatasetLayout(
+    "CelebAMask-HQ",
+    """\
     CelebA-HQ-img/
         0.jpg
         1.jpg
@@ -66,13 +62,10 @@ LAYOUT = """\
         ...
         14/
     CelebA-HQ-to-CelebA-mapping.txt  (optional, columns idx orig_idx orig_file: official split)
-"""
+""",
+)
 _IMAGE_NAME = re.compile(r"(\d+)\.jpg")
 _MASK_NAME = re.compile(r"(\d+)_([a-z_]+)\.png")
-
-
-def _error(root: Path, problem: str) -> DatasetLayoutError:
-    return layout_error("CelebAMask-HQ", root, problem, LAYOUT)
 
 
 def index_images(root: Path) -> list[int]:
@@ -81,7 +74,7 @@ def index_images(root: Path) -> list[int]:
         int(m.group(1)) for name in os.listdir(root / IMAGE_DIR) if (m := _IMAGE_NAME.fullmatch(name))
     )
     if not ids:
-        raise _error(root, f"no <id>.jpg images in {root / IMAGE_DIR}")
+        raise LAYOUT.error(root, f"no <id>.jpg images in {root / IMAGE_DIR}")
     return ids
 
 
@@ -97,7 +90,7 @@ def index_masks(root: Path) -> dict[int, tuple[str, tuple[int, ...]]]:
                 face = int(match.group(1))
                 entry = found.setdefault(face, (folder, set()))
                 if entry[0] != folder:
-                    raise _error(
+                    raise LAYOUT.error(
                         root, f"id {face} has part masks in both {MASK_DIR}/{entry[0]} and /{folder}"
                     )
                 entry[1].add(CLASS_NAMES.index(match.group(2)))
@@ -112,12 +105,52 @@ def read_official_split(path: Path, root: Path) -> dict[int, str]:
         if not fields or (number == 1 and not fields[0].isdigit()):
             continue  # the header row, blank lines
         if len(fields) < 2 or not (fields[0].isdigit() and fields[1].isdigit()):
-            raise _error(root, f"{path}:{number}: expected 'idx orig_idx orig_file', got {line!r}")
+            raise LAYOUT.error(root, f"{path}:{number}: expected 'idx orig_idx orig_file', got {line!r}")
         orig = int(fields[1])
         split_of[int(fields[0])] = (
             "train" if orig < CELEBA_SPLIT_ENDS[0] else "val" if orig < CELEBA_SPLIT_ENDS[1] else "test"
         )
     return split_of
+
+
+def check_root(root: str | Path) -> Path:
+    """``root`` as a Path, checked to hold non-empty image and mask folders and no empty mapping file."""
+    root = LAYOUT.check(root, [f"{IMAGE_DIR}/", f"{MASK_DIR}/"])
+    mapping = root / MAPPING_FILE
+    if mapping.exists() and mapping.stat().st_size == 0:
+        raise LAYOUT.error(root, f"empty file {mapping}")
+    return root
+
+
+def index_faces(root: Path) -> tuple[list[int], dict[int, tuple[str, tuple[int, ...]]]]:
+    """The sorted face ids (`index_images`) and their part masks (`index_masks`); every face needs some."""
+    ids, masks = index_images(root), index_masks(root)
+    unmasked = [i for i in ids if i not in masks]
+    if unmasked:
+        raise LAYOUT.error(root, f"{len(unmasked)} images have no part masks, e.g. ids {unmasked[:5]}")
+    return ids, masks
+
+
+def split_ids(
+    root: Path, ids: list[int], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[int]]:
+    """The ``train``/``val``/``test`` face ids: CelebA's official split by the mapping file, if any.
+
+    Without the mapping file, a `seeded_split` with the held-out fractions.
+    """
+    mapping = root / MAPPING_FILE
+    if not mapping.exists():
+        counts = held_out_counts(len(ids), val_fraction, test_fraction)
+        parts = seeded_split(len(ids), counts, torch.Generator().manual_seed(seed))
+        return {
+            name: [ids[i] for i in part.tolist()]
+            for name, part in zip(("train", "val", "test"), parts, strict=True)
+        }
+    split_of = read_official_split(mapping, root)
+    unmapped = [i for i in ids if i not in split_of]
+    if unmapped:
+        raise LAYOUT.error(root, f"{len(unmapped)} image ids missing from {mapping}, e.g. {unmapped[:5]}")
+    return {name: [i for i in ids if split_of[i] == name] for name in ("train", "val", "test")}
 
 
 def merge_part_masks(paths: list[Path], class_ids: tuple[int, ...]) -> Tensor:
@@ -179,7 +212,7 @@ class CelebAMaskHQDataset(JointDataset):
         return image, mask
 
 
-class CelebAMaskHQDataModule(SplitDataModule):
+class CelebAMaskHQDataModule(BaseDataModule):
     """CelebAMask-HQ face parsing, 19 classes (`CLASS_NAMES`), from the published folder layout.
 
     Batches are images ``(N, 3, S, S)`` in [0, 1] and long masks ``(N, S, S)``. With the
@@ -221,35 +254,16 @@ class CelebAMaskHQDataModule(SplitDataModule):
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction, test_fraction)
         self.save_hyperparameters()
-        self.root = check_layout("CelebAMask-HQ", root, [f"{IMAGE_DIR}/", f"{MASK_DIR}/"], LAYOUT)
-        mapping = self.root / MAPPING_FILE
-        if mapping.exists() and mapping.stat().st_size == 0:
-            raise _error(self.root, f"empty file {mapping}")
+        self.root = check_root(root)
         self.image_size, self.augment, self.seed = image_size, augment, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-
-    def _split_ids(self, ids: list[int]) -> dict[str, list[int]]:
-        mapping = self.root / MAPPING_FILE
-        if not mapping.exists():
-            parts = seeded_split(len(ids), self.val_fraction, self.test_fraction, self.seed)
-            return {
-                name: [ids[i] for i in part.tolist()]
-                for name, part in zip(("train", "val", "test"), parts, strict=True)
-            }
-        split_of = read_official_split(mapping, self.root)
-        unmapped = [i for i in ids if i not in split_of]
-        if unmapped:
-            raise _error(self.root, f"{len(unmapped)} image ids missing from {mapping}, e.g. {unmapped[:5]}")
-        return {name: [i for i in ids if split_of[i] == name] for name in ("train", "val", "test")}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        ids, masks = index_images(self.root), index_masks(self.root)
-        unmasked = [i for i in ids if i not in masks]
-        if unmasked:
-            raise _error(self.root, f"{len(unmasked)} images have no part masks, e.g. ids {unmasked[:5]}")
+        ids, masks = index_faces(self.root)
+        parts = split_ids(self.root, ids, self.val_fraction, self.test_fraction, self.seed)
         train = build_pipeline(self.augment, HorizontalFlipWithClassSwap(CLASS_FLIP_INDEX))
-        for name, split_ids in self._split_ids(ids).items():
+        for name, split in parts.items():
             transform = train if name == "train" else None
-            self.splits[name] = CelebAMaskHQDataset(self.root, split_ids, masks, self.image_size, transform)
+            self.splits[name] = CelebAMaskHQDataset(self.root, split, masks, self.image_size, transform)

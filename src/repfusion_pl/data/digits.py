@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from repfusion_pl.data.base import SplitDataModule
+from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.labelled_images import TensorImageDataset
+from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
 
 
 def load_digits_tensors(image_size: int) -> tuple[Tensor, Tensor]:
@@ -22,30 +23,7 @@ def load_digits_tensors(image_size: int) -> tuple[Tensor, Tensor]:
     return images.clamp(0, 1), torch.as_tensor(digits.target, dtype=torch.long)
 
 
-def labels_per_class_subset(labels: Tensor, per_class: int, generator: torch.Generator) -> Tensor:
-    """Indices of ``per_class`` randomly chosen examples of every class (all of a smaller class)."""
-    chosen = []
-    for cls in labels.unique().tolist():
-        members = (labels == cls).nonzero().squeeze(1)
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    return torch.cat(chosen).sort().values
-
-
-class TensorImageDataset(Dataset):
-    """In-memory images and labels with an optional per-sample transform."""
-
-    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Transform | None = None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
-
-
-class DigitsDataModule(SplitDataModule):
+class DigitsDataModule(BaseDataModule):
     """The scikit-learn digits, resized, split into train/val/test with a fixed seed.
 
     Images are ``(1, S, S)`` floats in [0, 1]; training images get a random shift of up to
@@ -78,8 +56,7 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        check_fractions(val_fraction, test_fraction, labels_per_class)
         self.save_hyperparameters()
         self.image_size, self.seed = image_size, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -90,12 +67,10 @@ class DigitsDataModule(SplitDataModule):
             return
         images, labels = load_digits_tensors(self.image_size)
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(labels), generator=generator)
-        n_val, n_test = int(len(order) * self.val_fraction), int(len(order) * self.test_fraction)
-        val_idx, test_idx, train_idx = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
-        if self.labels_per_class is not None:
-            keep = labels_per_class_subset(labels[train_idx], self.labels_per_class, generator)
-            train_idx = train_idx[keep]
+        held_out = held_out_counts(len(labels), self.val_fraction, self.test_fraction)
+        train_idx, val_idx, test_idx = seeded_split(
+            len(labels), held_out, generator, labels, self.labels_per_class
+        )
         augment = v2.RandomCrop(self.image_size, padding=self.shift) if self.shift > 0 else None
         self.splits = {
             "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),

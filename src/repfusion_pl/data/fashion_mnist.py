@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-from repfusion_pl.data import files
-from repfusion_pl.data.base import SplitDataModule
-from repfusion_pl.data.digits import TensorImageDataset, labels_per_class_subset
+from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.files import DatasetLayout
+from repfusion_pl.data.labelled_images import TensorImageDataset
+from repfusion_pl.data.splits import check_fractions, seeded_split
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FALLBACK_ROOT = Path("data/fashion-mnist")
@@ -27,14 +28,17 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-LAYOUT = """\
+LAYOUT = DatasetLayout(
+    "Fashion-MNIST",
+    """\
     train-images-idx3-ubyte.gz   (60,000 images)
     train-labels-idx1-ubyte.gz
     t10k-images-idx3-ubyte.gz    (10,000 images)
     t10k-labels-idx1-ubyte.gz
 (install the Debian/Ubuntu package dataset-fashion-mnist for /usr/share/datasets/fashion-mnist,
  or set download: true to fetch them with torchvision)
-"""
+""",
+)
 CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -59,23 +63,23 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
     """An IDX file of unsigned bytes (gzipped or not) as an array with ``dims`` dimensions.
 
     Raises:
-        files.MalformedDatasetError: When the header does not match, naming the file.
+        ValueError: Naming the file when it cannot be read, or its header does not match its data.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as stream:
             data = stream.read()
     except (OSError, EOFError) as err:
-        raise files.MalformedDatasetError(f"cannot read {path}: {err}") from err
+        raise ValueError(f"cannot read {path}: {err}") from err
     magic = int.from_bytes(data[:4], "big")
     if magic != _MAGIC[dims]:
-        raise files.MalformedDatasetError(
+        raise ValueError(
             f"{path} is not an IDX file of {dims}-d unsigned bytes (magic {magic}, expected {_MAGIC[dims]})"
         )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
     if body.size != int(np.prod(shape)):
-        raise files.MalformedDatasetError(
+        raise ValueError(
             f"{path} is truncated: its header says {shape}, {int(np.prod(shape))} bytes; it holds {body.size}"
         )
     return body.reshape(shape)
@@ -94,24 +98,58 @@ def load_fashion_mnist(root: str | Path, split: str) -> tuple[Tensor, Tensor]:
     """The ``train`` (60,000) or ``test`` (10,000) split as uint8 ``(N, 1, 28, 28)`` and long ``(N,)``.
 
     Raises:
-        files.DatasetNotFoundError: A file is missing; the message shows the layout and both fixes.
-        files.MalformedDatasetError: A file is corrupt or images and labels disagree in count.
+        DatasetNotFoundError: A file is missing; the message shows the layout and both fixes.
+        MalformedDatasetError: A file is corrupt or images and labels disagree in count.
     """
     root = Path(root).expanduser()
     image_stem, label_stem = IDX_FILES[split]
     found = {stem: _find(root, stem) for stem in (image_stem, label_stem)}
     missing = [f"missing file {root / stem}.gz" for stem, path in found.items() if path is None]
     if missing:
-        raise files.layout_error("Fashion-MNIST", root, missing, LAYOUT, missing=True)
-    images = read_idx(found[image_stem], 3)  # type: ignore[arg-type]
-    labels = read_idx(found[label_stem], 1)  # type: ignore[arg-type]
+        raise LAYOUT.error(root, missing, missing=True)
+    try:
+        images = read_idx(found[image_stem], 3)  # type: ignore[arg-type]
+        labels = read_idx(found[label_stem], 1)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise LAYOUT.error(root, str(err)) from err
     if len(images) != len(labels):
-        raise files.MalformedDatasetError(
-            f"Fashion-MNIST at {root}: {len(images)} {split} images but {len(labels)} labels"
-        )
+        raise LAYOUT.error(root, f"{len(images)} {split} images but {len(labels)} labels")
     if labels.max() >= len(CLASSES):
-        raise files.MalformedDatasetError(f"Fashion-MNIST at {root}: label {labels.max()} outside 0..9")
+        raise LAYOUT.error(root, f"label {labels.max()} outside 0..9")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_splits(
+    root: Path,
+    seed: int,
+    num_val: int,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    labels_per_class: int | None = None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Seeded ``train``/``val`` subsets of the training file and a ``test`` subset of the test file.
+
+    One seeded generator draws the split and label subset (`seeded_split`), then the test subset.
+
+    Returns:
+        Per split, uint8 ``(N, 1, 28, 28)`` images and long ``(N,)`` labels.
+
+    Raises:
+        ValueError: When ``num_val`` leaves no training image.
+    """
+    train_images, train_labels = load_fashion_mnist(root, "train")
+    test_images, test_labels = load_fashion_mnist(root, "test")
+    if num_val >= len(train_labels):
+        raise ValueError(f"num_val={num_val} leaves no Fashion-MNIST training images")
+    generator = torch.Generator().manual_seed(seed)
+    count = len(train_labels)
+    train, val, _ = seeded_split(count, (num_val, 0), generator, train_labels, labels_per_class, num_train)
+    test = torch.randperm(len(test_labels), generator=generator)[:num_test].sort().values
+    return {
+        "train": (train_images[train], train_labels[train]),
+        "val": (train_images[val], train_labels[val]),
+        "test": (test_images[test], test_labels[test]),
+    }
 
 
 def resize_images(images: Tensor, image_size: int) -> Tensor:
@@ -126,7 +164,7 @@ def resize_images(images: Tensor, image_size: int) -> Tensor:
     return images.clamp(0, 1)
 
 
-class FashionMNISTDataModule(SplitDataModule):
+class FashionMNISTDataModule(BaseDataModule):
     """Fashion-MNIST from its IDX files, with seeded subsets for quick or label-scarce runs.
 
     Validation images are held out of the 60,000 training images; test images come from the official
@@ -166,7 +204,7 @@ class FashionMNISTDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        files.check_fractions(labels_per_class=labels_per_class)
+        check_fractions(labels_per_class=labels_per_class)
         for name, value in (("num_train", num_train), ("num_test", num_test)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
@@ -195,37 +233,18 @@ class FashionMNISTDataModule(SplitDataModule):
             return
         if self.download:
             self.prepare_data()
-        train_images, train_labels = load_fashion_mnist(self.root, "train")
-        test_images, test_labels = load_fashion_mnist(self.root, "test")
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(train_labels), generator=generator)
-        val_idx = order[: self.num_val]
-        train_idx = order[self.num_val :]
-        if self.num_train is not None:
-            train_idx = train_idx[: self.num_train]
-        if len(train_idx) == 0:
-            raise ValueError(f"num_val={self.num_val} leaves no Fashion-MNIST training images")
-        train_idx = train_idx.sort().values
-        if self.labels_per_class is not None:
-            keep = labels_per_class_subset(train_labels[train_idx], self.labels_per_class, generator)
-            train_idx = train_idx[keep]
-        test_idx = torch.randperm(len(test_labels), generator=generator)[: self.num_test].sort().values
-        augment = []
+        parts = read_splits(
+            self.root, self.seed, self.num_val, self.num_train, self.num_test, self.labels_per_class
+        )
+        augment: list[v2.Transform] = []
         if self.flip:
             augment.append(v2.RandomHorizontalFlip())
         if self.shift > 0:
             augment.append(v2.RandomCrop(self.image_size, padding=self.shift))
+        train = v2.Compose(augment) if augment else None
         self.splits = {
-            "train": TensorImageDataset(
-                resize_images(train_images[train_idx], self.image_size),
-                train_labels[train_idx],
-                v2.Compose(augment) if augment else None,
-            ),
-            "val": TensorImageDataset(
-                resize_images(train_images[val_idx.sort().values], self.image_size),
-                train_labels[val_idx.sort().values],
-            ),
-            "test": TensorImageDataset(
-                resize_images(test_images[test_idx], self.image_size), test_labels[test_idx]
-            ),
+            name: TensorImageDataset(
+                resize_images(images, self.image_size), labels, train if name == "train" else None
+            )
+            for name, (images, labels) in parts.items()
         }

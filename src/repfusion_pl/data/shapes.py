@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from repfusion_pl.data.base import SplitDataModule
+from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.transforms import (
     HorizontalFlipWithLandmarkSwap,
     JointDataset,
@@ -140,7 +140,7 @@ class TensorJointDataset(JointDataset):
         return self.images[index], self.targets[index]
 
 
-class ShapesDataModule(SplitDataModule):
+class ShapesDataModule(BaseDataModule):
     """Seeded procedural shapes for segmentation (4 classes) or landmarks (5 keypoints).
 
     Batches are ``(images, target)``: images ``(N, 3, S, S)`` in [0, 1]; ``target`` is a long mask

@@ -17,15 +17,9 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from repfusion_pl.data.base import SplitDataModule
-from repfusion_pl.data.files import (
-    DatasetLayoutError,
-    check_fractions,
-    check_layout,
-    layout_error,
-    read_image,
-    seeded_split,
-)
+from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.files import DatasetLayout, read_image
+from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
 from repfusion_pl.data.transforms import (
     HorizontalFlipWithLandmarkSwap,
     JointDataset,
@@ -42,7 +36,9 @@ ANNOTATION_FILES = {
     "train": f"{ANNOTATION_DIR}/list_98pt_rect_attr_train.txt",
     "test": f"{ANNOTATION_DIR}/list_98pt_rect_attr_test.txt",
 }
-LAYOUT = """\
+LAYOUT = DatasetLayout(
+    "WFLW",
+    """\
     WFLW_images/
         0--Parade/
             0_Parade_marchingband_1_116.jpg
@@ -53,7 +49,9 @@ LAYOUT = """\
             list_98pt_rect_attr_train.txt  (a face a line: x0 y0 .. x97 y97, x_min y_min x_max y_max,
                                             6 attribute flags, image path below WFLW_images/)
             list_98pt_rect_attr_test.txt   (the same for the test faces)
-"""
+""",
+)
+REQUIRED = (f"{IMAGE_DIR}/", *ANNOTATION_FILES.values())
 _FIELDS = 2 * NUM_KEYPOINTS + 4 + len(ATTRIBUTE_NAMES) + 1
 
 
@@ -106,10 +104,6 @@ class WFLWAnnotations:
         )
 
 
-def _error(root: Path, problem: str) -> DatasetLayoutError:
-    return layout_error("WFLW", root, problem, LAYOUT)
-
-
 def parse_annotations(path: Path, root: Path) -> WFLWAnnotations:
     """Read one WFLW annotation file, checking every line and that every image exists.
 
@@ -126,13 +120,13 @@ def parse_annotations(path: Path, root: Path) -> WFLWAnnotations:
                 raise ValueError(f"{len(fields)} fields instead of {_FIELDS}")
             numbers.append([float(f) for f in fields[:-1]])
         except ValueError as err:
-            raise _error(root, f"{path}:{number}: {err}") from None
+            raise LAYOUT.error(root, f"{path}:{number}: {err}") from None
         images.append(fields[-1])
     if not numbers:
-        raise _error(root, f"no annotation lines in {path}")
+        raise LAYOUT.error(root, f"no annotation lines in {path}")
     missing = sorted({image for image in images if not (root / IMAGE_DIR / image).is_file()})
     if missing:
-        raise _error(root, f"{len(missing)} images named in {path} are missing, e.g. {missing[:3]}")
+        raise LAYOUT.error(root, f"{len(missing)} images named in {path} are missing, e.g. {missing[:3]}")
     table = torch.tensor(numbers, dtype=torch.float64)
     n = 2 * NUM_KEYPOINTS
     return WFLWAnnotations(
@@ -141,6 +135,17 @@ def parse_annotations(path: Path, root: Path) -> WFLWAnnotations:
         attributes=table[:, n + 4 :].long(),
         images=images,
     )
+
+
+def read_splits(root: Path, val_fraction: float, seed: int) -> dict[str, WFLWAnnotations]:
+    """The official test faces, and a `seeded_split` of the training faces into ``train`` and ``val``."""
+    train_faces = parse_annotations(root / ANNOTATION_FILES["train"], root)
+    test_faces = parse_annotations(root / ANNOTATION_FILES["test"], root)
+    count = len(train_faces.images)
+    train_idx, val_idx, _ = seeded_split(
+        count, held_out_counts(count, val_fraction), torch.Generator().manual_seed(seed)
+    )
+    return {"train": train_faces.subset(train_idx), "val": train_faces.subset(val_idx), "test": test_faces}
 
 
 def face_crop_box(box: Tensor, crop_scale: float) -> tuple[int, int, int]:
@@ -191,7 +196,7 @@ class WFLWDataset(JointDataset):
         return image, from_keypoints(F.resized_crop(keypoints, **crop))
 
 
-class WFLWDataModule(SplitDataModule):
+class WFLWDataModule(BaseDataModule):
     """WFLW 98-point face alignment from the published folder layout.
 
     Batches are square face crops ``(N, 3, S, S)`` in [0, 1] and keypoints ``(N, 98, 2)`` as
@@ -236,23 +241,15 @@ class WFLWDataModule(SplitDataModule):
         if crop_scale <= 0:
             raise ValueError(f"crop_scale must be positive, got {crop_scale}")
         self.save_hyperparameters()
-        required = [f"{IMAGE_DIR}/", *ANNOTATION_FILES.values()]
-        self.root = check_layout("WFLW", root, required, LAYOUT)
+        self.root = LAYOUT.check(root, REQUIRED)
         self.image_size, self.augment, self.seed = image_size, augment, seed
         self.val_fraction, self.crop_scale = val_fraction, crop_scale
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        train_faces = parse_annotations(self.root / ANNOTATION_FILES["train"], self.root)
-        test_faces = parse_annotations(self.root / ANNOTATION_FILES["test"], self.root)
-        train_idx, val_idx, _ = seeded_split(len(train_faces.images), self.val_fraction, 0.0, self.seed)
+        parts = read_splits(self.root, self.val_fraction, self.seed)
         train = build_pipeline(self.augment, HorizontalFlipWithLandmarkSwap(WFLW_FLIP_INDEX))
-        parts = {
-            "train": train_faces.subset(train_idx),
-            "val": train_faces.subset(val_idx),
-            "test": test_faces,
-        }
         for name, faces in parts.items():
             transform = train if name == "train" else None
             self.splits[name] = WFLWDataset(self.root, faces, self.image_size, self.crop_scale, transform)

@@ -13,18 +13,22 @@ from torchmetrics import MetricCollection
 
 from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
-from repfusion_pl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
+from repfusion_pl.optim import build_optimization
+from repfusion_pl.students import BackboneSpec
+from repfusion_pl.weights import BackboneWeights, load_backbone_weights, resolve_backbone
 
 
 class BaseTask(LightningModule):
     """A downstream task on a (possibly distilled) backbone.
 
-    Subclasses build their network in `configure_models` (and say where the backbone sits through
-    `backbone_module`), their loss in `configure_losses`, their metrics in `configure_metrics`, and
-    implement `compute_loss`; `forward`, the three steps, weight loading, freezing and optimisers
-    come from here.
+    Subclasses build their network in `configure_models` from `backbone_spec` (and say where the
+    backbone sits through `backbone_module`), their loss in `configure_losses`, their metrics in
+    `configure_metrics`, and implement `compute_loss`; `forward`, the three steps, weight loading,
+    freezing and optimisers come from here.
 
     Args:
+        backbone: The backbone's architecture, stem and input channels. Default: the spec recorded
+            in ``backbone_weights`` (what the distilled student was), else `BackboneSpec`'s defaults.
         backbone_weights: A distillation checkpoint (``.ckpt``) or a ``repfusion export`` file
             (``.safetensors``) to initialise the backbone from; ``None`` keeps random init.
         freeze_backbone: Linear probe: the backbone's weights and BatchNorm statistics stay fixed.
@@ -34,6 +38,7 @@ class BaseTask(LightningModule):
 
     def __init__(
         self,
+        backbone: BackboneSpec | None = None,
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
@@ -44,6 +49,8 @@ class BaseTask(LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
         drop_live_object_hparams(self)
+        #: What the backbone is: given, else the distilled student's, else the defaults.
+        self.backbone_spec, weights = resolve_backbone(backbone, backbone_weights)
         self.backbone_weights = backbone_weights
         self.freeze_backbone = freeze_backbone
         self.optimizer_factory = optimizer
@@ -54,11 +61,16 @@ class BaseTask(LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        if backbone_weights is not None:
-            self.load_backbone(read_backbone_weights(backbone_weights))
+        if weights is not None:
+            self.load_backbone(weights)
         if freeze_backbone:
             # Lightning keeps each submodule's mode as set, so eval here holds for the whole fit.
             self.backbone_module().requires_grad_(False).eval()
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels the backbone takes; every batch is checked against it."""
+        return self.backbone_spec.in_channels
 
     # Hooks for subclasses -------------------------------------------------------------------------
 
@@ -103,9 +115,7 @@ class BaseTask(LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         images, target = batch
-        expected = getattr(self, "in_channels", None)
-        if isinstance(expected, int):
-            check_image_channels(images, expected, f"{type(self).__name__} (model.init_args.in_channels)")
+        check_image_channels(images, self.in_channels, f"{type(self).__name__} (model.backbone.in_channels)")
         output = self(images)
         loss = self.compute_loss(output, target)
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
@@ -126,12 +136,8 @@ class BaseTask(LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
+        def adamw(params: Any) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(params, lr=1e-3)
+
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer: torch.optim.Optimizer
-        if self.optimizer_factory is None:
-            optimizer = torch.optim.AdamW(params, lr=1e-3)
-        else:
-            optimizer = self.optimizer_factory(params)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+        return build_optimization(params, self.optimizer_factory, self.lr_scheduler_factory, adamw)

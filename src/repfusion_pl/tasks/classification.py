@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from repfusion_pl.students import Student
+from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
 
 
@@ -18,11 +16,8 @@ class ClassificationTask(BaseTask):
 
     Args:
         num_classes: Number of classes.
-        arch: Backbone architecture, as for `Student`.
-        library: ``torchvision`` or ``timm``.
-        stem: ``cifar`` or ``imagenet`` (must match the distilled student).
-        in_channels: Image channels.
         label_smoothing: Cross-entropy label smoothing.
+        backbone: Architecture, stem and input channels; default the distilled student's. See `BaseTask`.
         backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
         freeze_backbone: Linear probe instead of a full fine-tune.
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
@@ -32,23 +27,19 @@ class ClassificationTask(BaseTask):
     def __init__(
         self,
         num_classes: int,
-        arch: str = "resnet18",
-        library: Literal["torchvision", "timm"] = "torchvision",
-        stem: Literal["cifar", "imagenet"] = "cifar",
-        in_channels: int = 3,
         label_smoothing: float = 0.0,
+        backbone: BackboneSpec | None = None,
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         self.num_classes = num_classes
-        self.arch, self.library, self.stem, self.in_channels = arch, library, stem, in_channels
         self.label_smoothing = label_smoothing
-        super().__init__(backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler)
 
     def configure_models(self) -> None:
-        self.encoder = Student(self.arch, self.library, self.stem, self.in_channels)
+        self.encoder = Student.from_spec(self.backbone_spec)
         channels = self.encoder.feature_shapes(32)[self.encoder.taps[-1]][0]
         self.head = nn.Linear(channels, self.num_classes)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from repfusion_pl.metrics import NormalizedMeanError
-from repfusion_pl.students import Student
+from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
 
 
@@ -85,14 +84,11 @@ class LandmarkTask(BaseTask):
         normalisation_index: The keypoints whose distance normalises NME (WFLW: 60, 72).
         flip_index: Left/right permutation of keypoints, for the flip test.
         flip_test: Average the heatmaps of the image and of its mirror at evaluation.
-        arch: Backbone architecture (the distilled student's).
-        library: The student's library.
-        stem: The student's stem.
-        in_channels: Image channels.
         image_size: Input side in pixels (to size the head).
         heatmap_stride: Image pixels per heatmap pixel (the paper: 256 px in, 64 px heatmaps = 4).
         head_channels: Width of the deconvolution head.
         sigma: Target Gaussian standard deviation in heatmap pixels.
+        backbone: Architecture, stem and input channels; default the distilled student's. See `BaseTask`.
         backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
         freeze_backbone: Keep the backbone fixed.
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
@@ -105,14 +101,11 @@ class LandmarkTask(BaseTask):
         normalisation_index: tuple[int, int],
         flip_index: Sequence[int] | None = None,
         flip_test: bool = False,
-        arch: str = "resnet18",
-        library: Literal["torchvision", "timm"] = "torchvision",
-        stem: Literal["cifar", "imagenet"] = "cifar",
-        in_channels: int = 3,
         image_size: int = 256,
         heatmap_stride: int = 4,
         head_channels: int = 128,
         sigma: float = 1.5,
+        backbone: BackboneSpec | None = None,
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
@@ -124,13 +117,12 @@ class LandmarkTask(BaseTask):
             raise ValueError(f"flip_index must be a permutation of 0..{num_keypoints - 1}")
         self.num_keypoints, self.normalisation_index = num_keypoints, tuple(normalisation_index)
         self.flip_index, self.flip_test = list(flip_index) if flip_index else None, flip_test
-        self.arch, self.library, self.stem, self.in_channels = arch, library, stem, in_channels
         self.image_size, self.heatmap_stride, self.head_channels = image_size, heatmap_stride, head_channels
         self.sigma = sigma
-        super().__init__(backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler)
 
     def configure_models(self) -> None:
-        self.encoder = Student(self.arch, self.library, self.stem, self.in_channels)
+        self.encoder = Student.from_spec(self.backbone_spec)
         channels, height, _ = self.encoder.feature_shapes(self.image_size)[self.encoder.taps[-1]]
         backbone_stride = self.image_size / height
         upsamplings = round(math.log2(backbone_stride / self.heatmap_stride))

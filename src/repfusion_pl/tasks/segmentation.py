@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import segmentation_models_pytorch as smp
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -13,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from repfusion_pl.data.base import IGNORE_INDEX
+from repfusion_pl.students import BackboneSpec, use_cifar_stem
 from repfusion_pl.tasks.base import BaseTask
 from repfusion_pl.weights import BackboneWeights, load_backbone_weights
 
@@ -28,13 +27,11 @@ class SegmentationTask(BaseTask):
     Args:
         num_classes: Number of classes (19 for CelebAMask-HQ face parsing).
         decoder: smp architecture name, e.g. ``unet``, ``fpn``, ``deeplabv3plus``.
-        arch: Backbone architecture (the distilled student's).
-        library: The student's library, ``torchvision`` or ``timm``.
-        stem: The student's stem, ``imagenet`` or ``cifar``.
-        in_channels: Image channels.
         ignore_index: Mask value excluded from loss and metrics.
         dice_weight: Weight of an added Dice loss (0 = cross-entropy only).
         class_names: Names for the per-class F1 log; default ``class_<i>``.
+        backbone: The encoder's architecture, stem and input channels; default the distilled
+            student's. See `BaseTask`.
         backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
         freeze_backbone: Keep the encoder fixed.
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
@@ -45,13 +42,10 @@ class SegmentationTask(BaseTask):
         self,
         num_classes: int,
         decoder: str = "unet",
-        arch: str = "resnet18",
-        library: Literal["torchvision", "timm"] = "torchvision",
-        stem: Literal["cifar", "imagenet"] = "imagenet",
-        in_channels: int = 3,
         ignore_index: int = IGNORE_INDEX,
         dice_weight: float = 0.0,
         class_names: list[str] | None = None,
+        backbone: BackboneSpec | None = None,
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
@@ -59,31 +53,22 @@ class SegmentationTask(BaseTask):
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
-        self.num_classes, self.decoder, self.arch, self.library = num_classes, decoder, arch, library
-        self.stem, self.in_channels, self.ignore_index = stem, in_channels, ignore_index
+        self.num_classes, self.decoder, self.ignore_index = num_classes, decoder, ignore_index
         self.dice_weight = dice_weight
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
-        super().__init__(backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler)
 
     def configure_models(self) -> None:
-        encoder_name = self.arch if self.library == "torchvision" else f"tu-{self.arch}"
+        spec = self.backbone_spec
         self.model = smp.create_model(
             self.decoder,
-            encoder_name=encoder_name,
+            encoder_name=spec.arch if spec.library == "torchvision" else f"tu-{spec.arch}",
             encoder_weights=None,
-            in_channels=self.in_channels,
+            in_channels=spec.in_channels,
             classes=self.num_classes,
         )
-        if self.stem == "cifar":
-            self._use_cifar_first_conv()
-
-    def _use_cifar_first_conv(self) -> None:
-        modules = dict(self.model.encoder.named_modules())
-        path = next(p for p in ("conv1", "features.0.0", "model.conv1", "model.conv_stem") if p in modules)
-        parent_path, _, name = path.rpartition(".")
-        parent = modules[parent_path] if parent_path else self.model.encoder
-        width = modules[path].out_channels
-        setattr(parent, name, nn.Conv2d(self.in_channels, width, 3, stride=2, padding=1, bias=False))
+        if spec.stem == "cifar":
+            use_cifar_stem(self.model.encoder, spec.in_channels, stride=2)
 
     def configure_losses(self) -> None:
         self.dice = (
@@ -107,7 +92,7 @@ class SegmentationTask(BaseTask):
         return self.model.encoder
 
     def load_backbone(self, weights: BackboneWeights) -> None:
-        if self.library == "timm":  # smp's tu- encoders hold the timm model under `model.`
+        if self.backbone_spec.library == "timm":  # smp's tu- encoders hold the timm model under `model.`
             renamed = {f"model.{k}": v for k, v in weights.state_dict.items()}
             weights = BackboneWeights(renamed, weights.provenance, weights.path)
         load_backbone_weights(self.backbone_module(), weights, target="smp encoder")

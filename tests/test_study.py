@@ -1,4 +1,4 @@
-"""The comparison runner behind `make demo` and `benchmarks/quality.py`, driven end to end on tiny runs."""
+"""The study harness behind `make demo` and `make quality` (benchmarks/study), end to end on tiny runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repfusion_pl.compare import Setting, markdown_table, mean_std, merge, run_study, sampler_arms
+from study import Setting, markdown_table, mean_std, merge, run_study, sampler_arms
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,191 @@
+"""Did distillation help on my data? Distil per timestep sampler, fine-tune, tabulate mean ± std.
+
+Every distilled student and a random-init one are fine-tuned over seeds and their test accuracy is
+tabulated as mean ± std. Each run is a real ``repfusion fit`` driven by a config written next to
+its results, so any cell of the table can be re-run by hand with ``repfusion fit --config <that
+file>``. `benchmarks/demo.py` (digits) and `benchmarks/quality.py` (Fashion-MNIST) drive `run_study`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import lightning
+from tqdm.auto import tqdm
+
+from repfusion_pl.probe import probe_student, split_loaders
+from repfusion_pl.students import BackboneSpec, Student
+from repfusion_pl.weights import load_backbone_weights, resolve_backbone
+from study.report import environment, rounded, write_results
+from study.runs import QUIET_TRAINER, fit_config, instantiate_data, merge, write_yaml
+
+RANDOM_INIT = "random init"
+
+
+def sampler_arms(layer: str, timestep: int, policy: dict, num_train_timesteps: int = 1000) -> dict[str, dict]:
+    """The three distillation arms at one teacher layer: the RL policy, a fixed t and uniform t.
+
+    Args:
+        layer: The teacher layer every arm distils from (the probe's best).
+        timestep: The fixed arm's timestep (the probe's best).
+        policy: The policy sampler block (``class_path`` + ``init_args``).
+        num_train_timesteps: T; the uniform arm draws from all of it, as the policy does at first.
+    """
+
+    def arm(sampler: dict) -> dict:
+        teacher = {"init_args": {"layers": [layer]}}
+        return {"model": {"init_args": {"teacher": teacher, "sampler": sampler}}}
+
+    return {
+        "policy (REINFORCE)": arm(policy),
+        f"fixed t={timestep}": arm(
+            {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": timestep}}
+        ),
+        "uniform t": arm(
+            {"class_path": "repfusion_pl.UniformTimestep", "init_args": {"max_t": num_train_timesteps}}
+        ),
+    }
+
+
+@dataclass
+class Setting:
+    """One column of the table: how a backbone is evaluated.
+
+    Args:
+        name: Column title, e.g. ``"10 labels/class"``.
+        classify: Overrides merged into the classification config (fine-tuning), or ``None`` for a
+            ridge linear probe of the frozen backbone on all labels (`repfusion_pl.probe.probe_student`).
+    """
+
+    name: str
+    classify: dict | None = None
+
+
+@dataclass
+class Comparison:
+    """Distil once per sampler arm, evaluate every student and a random-init one per setting and seed.
+
+    Args:
+        name: Results are written as ``<results_dir>/<name>.json``, ``.md`` and ``.png``.
+        distill_base: The distillation config every arm derives from (a loaded YAML dict).
+        classify_base: The classification config every evaluation derives from; its ``model`` block
+            also builds the backbone of the linear-probe setting.
+        arms: Arm name -> overrides of ``distill_base`` (typically ``model.init_args.sampler``).
+        settings: The evaluation columns.
+        seeds: Fine-tuning seeds (labelled subset, head init, data order, random-init weights).
+        work_dir: Where configs, checkpoints and logs of every run go.
+        results_dir: Where the table files go.
+        probe_data: Data config (``class_path``/``init_args``) with all labels for the linear probe.
+        num_classes: Classes of the task.
+        extra: Entries added to the result as they are.
+    """
+
+    name: str
+    distill_base: dict
+    classify_base: dict
+    arms: dict[str, dict]
+    settings: list[Setting]
+    seeds: list[int]
+    work_dir: Path
+    results_dir: Path
+    probe_data: dict | None = None
+    num_classes: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, float], float]:
+        """Run one distillation arm; return its checkpoint, final metrics and seconds taken."""
+        slug = arm.split(" ")[0].lower()
+        checkpoint = self.work_dir / "students" / f"{slug}.ckpt"
+        config = merge(self.distill_base, overrides)
+        config = merge(
+            config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(self.work_dir / "logs")}}
+        )
+        path = write_yaml(
+            config, self.work_dir / "configs" / f"distill-{slug}.yaml", f"# {self.name}: {arm}\n"
+        )
+        start = time.perf_counter()
+        metrics = fit_config(path, checkpoint=checkpoint)
+        return checkpoint, metrics, time.perf_counter() - start
+
+    def evaluate(self, arm: str, weights: Path | None, setting: Setting, seed: int) -> float:
+        """Test accuracy of one backbone (``None``: random init) under one setting and seed."""
+        if setting.classify is None:
+            return self.linear_probe(weights, seed)
+        slug = f"{arm.split(' ')[0].lower()}-{setting.name.split('/')[0].replace(' ', '')}-seed{seed}"
+        config = merge(self.classify_base, setting.classify)
+        config = merge(
+            config,
+            {
+                "seed_everything": seed,
+                "trainer": {**QUIET_TRAINER, "default_root_dir": str(self.work_dir / "logs")},
+                "model": {"init_args": {"backbone_weights": str(weights) if weights else None}},
+                "data": {"init_args": {"seed": seed}},
+            },
+        )
+        path = write_yaml(config, self.work_dir / "configs" / f"classify-{slug}.yaml", f"# {self.name}\n")
+        return fit_config(path, test=True)["test/acc"]
+
+    def linear_probe(self, weights: Path | None, seed: int) -> float:
+        """Ridge linear-probe test accuracy of the classification config's backbone (frozen)."""
+        block = self.classify_base["model"]["init_args"].get("backbone")
+        spec, loaded = resolve_backbone(BackboneSpec(**block) if block else None, weights)
+        lightning.seed_everything(seed, verbose=False)
+        # The student alone: a whole task would draw its head's init from the same stream, and the
+        # probe's augmented training batches come after it.
+        student = Student.from_spec(spec)
+        if loaded is not None:
+            load_backbone_weights(student.backbone, loaded, target="student backbone")
+        return float(probe_student(student, self.probe_loaders, self.num_classes)["test_acc"])
+
+    @cached_property
+    def probe_loaders(self) -> dict[str, Any]:
+        """The linear probe's loaders, read once: one split serves every probe and seed."""
+        if self.probe_data is None:
+            raise ValueError(f"{self.name}: a linear-probe setting needs probe_data")
+        return split_loaders(instantiate_data(self.probe_data))
+
+    def run_count(self) -> int:
+        """How many runs `run` makes (a distilled student's linear probe runs once: it is deterministic)."""
+        probes = sum(setting.classify is None for setting in self.settings)
+        fine_tunes = (len(self.arms) + 1) * (len(self.settings) - probes) * len(self.seeds)
+        return len(self.arms) + fine_tunes + probes * (len(self.arms) + len(self.seeds))
+
+    def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Every distillation, then every evaluation; write the JSON, markdown and plot; return the result."""
+        bar = tqdm(total=self.run_count(), desc=self.name, unit="run")
+        students: dict[str, Path | None] = {RANDOM_INIT: None}
+        distillation: dict[str, dict] = {}
+        for arm, overrides in self.arms.items():
+            bar.set_postfix_str(f"distil {arm}")
+            checkpoint, metrics, seconds = self.distil(arm, overrides)
+            students[arm] = checkpoint
+            distillation[arm] = {"seconds": round(seconds, 1), **rounded(metrics)}
+            bar.update()
+        scores: dict[str, dict[str, list[float]]] = {arm: {} for arm in students}
+        for setting in self.settings:
+            for arm, weights in students.items():
+                deterministic = setting.classify is None and weights is not None
+                for seed in self.seeds[:1] if deterministic else self.seeds:
+                    bar.set_postfix_str(f"{setting.name} | {arm} | seed {seed}")
+                    accuracy = self.evaluate(arm, weights, setting, seed)
+                    scores[arm].setdefault(setting.name, []).append(accuracy)
+                    bar.update()
+                    if progress:
+                        progress(f"{setting.name:<18} {arm:<28} seed {seed}: test acc {accuracy:.4f}")
+        bar.close()
+        result = {
+            "name": self.name,
+            "seeds": self.seeds,
+            "settings": [s.name for s in self.settings],
+            "scores": scores,
+            "distillation": distillation,
+            "environment": environment(),
+            **self.extra,
+        }
+        write_results(result, self.results_dir)
+        return result

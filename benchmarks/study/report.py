@@ -1,0 +1,107 @@
+"""What a study reports: mean ± std tables, a grouped bar plot, and where the numbers were measured."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({_cpu_name()})"
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def rounded(metrics: dict[str, float]) -> dict[str, float]:
+    """Finite metrics rounded to 5 digits (private ones, starting with ``_``, left out)."""
+    return {k: round(v, 5) for k, v in metrics.items() if not k.startswith("_") and math.isfinite(v)}
+
+
+def table_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Markdown rows: one per arm, one ``mean ± std`` cell per setting; the best mean in bold."""
+    settings = result["settings"]
+    best = {s: max(statistics.fmean(arm[s]) for arm in result["scores"].values()) for s in settings}
+    rows = []
+    for arm, per_setting in result["scores"].items():
+        cells = [arm]
+        for s in settings:
+            mean, std = mean_std(per_setting[s])
+            cell = f"{100 * mean:.1f} ± {100 * std:.1f}"
+            cells.append(f"**{cell}**" if math.isclose(mean, best[s]) else cell)
+        rows.append(cells)
+    return rows
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The results as a markdown table of test accuracy in percent."""
+    header = ["backbone", *result["settings"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    seeds = len(result["seeds"])
+    lines.append(
+        f"\nTest accuracy (%), mean ± std over {seeds} seeds (labelled subset, head init, order; for random "
+        "init also the weights). Each student was distilled once, so its ridge linear probe is deterministic "
+        "and run once (± 0)."
+    )
+    return "\n".join(lines)
+
+
+def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and a grouped bar plot ``<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: results_dir / f"{result['name']}.{kind}" for kind in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n")
+    arms, settings = list(result["scores"]), result["settings"]
+    width = 0.8 / len(arms)
+    fig, axis = plt.subplots(figsize=(2.2 * len(settings) + 2, 3.6))
+    for i, arm in enumerate(arms):
+        stats = [mean_std(result["scores"][arm][s]) for s in settings]
+        positions = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(settings))]
+        axis.bar(positions, [100 * m for m, _ in stats], width, yerr=[100 * s for _, s in stats], label=arm)
+    lows = [100 * min(min(v) for v in arm.values()) for arm in result["scores"].values()]
+    axis.set_ylim(max(0.0, min(lows) - 5), 100)
+    axis.set_xticks(range(len(settings)), settings)
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(f"{result['name']}: mean ± std over {len(result['seeds'])} seeds", fontsize=10)
+    axis.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(paths["png"], dpi=110)
+    plt.close(fig)
+    return paths
