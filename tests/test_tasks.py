@@ -137,3 +137,8 @@ def test_landmark_training_lowers_the_heatmap_loss_and_reports_nme(tmp_path):
     task.train()
     assert task.compute_loss(task(images), keypoints).item() < first
     assert "val/nme" in trainer.callback_metrics
+
+
+def test_backbone_defaults_per_task_when_nothing_says_which():
+    assert ClassificationTask(3).backbone_spec == BackboneSpec()  # CIFAR stem, 3 channels
+    assert SegmentationTask(3).backbone_spec.stem == "imagenet"  # smp decoders expect strides 2..32

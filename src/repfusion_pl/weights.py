@@ -82,16 +82,16 @@ def read_backbone_weights(path: str | Path) -> BackboneWeights:
 
 
 def resolve_backbone(
-    backbone: BackboneSpec | None, weights_path: str | Path | None
+    backbone: BackboneSpec | None, weights_path: str | Path | None, default: BackboneSpec | None = None
 ) -> tuple[BackboneSpec, BackboneWeights | None]:
     """The backbone to build and the weights to load into it.
 
     The spec is ``backbone`` when given, else the one recorded with the weights (the distilled
-    student's), else `BackboneSpec`'s defaults.
+    student's), else ``default`` (`BackboneSpec`'s defaults when ``None``).
     """
     weights = read_backbone_weights(weights_path) if weights_path is not None else None
     recorded = weights.spec if weights is not None else None
-    return backbone or recorded or BackboneSpec(), weights
+    return backbone or recorded or default or BackboneSpec(), weights
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:

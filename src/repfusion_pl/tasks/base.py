@@ -28,13 +28,16 @@ class BaseTask(LightningModule):
 
     Args:
         backbone: The backbone's architecture, stem and input channels. Default: the spec recorded
-            in ``backbone_weights`` (what the distilled student was), else `BackboneSpec`'s defaults.
+            in ``backbone_weights`` (what the distilled student was), else `default_backbone`.
         backbone_weights: A distillation checkpoint (``.ckpt``) or a ``repfusion export`` file
             (``.safetensors``) to initialise the backbone from; ``None`` keeps random init.
         freeze_backbone: Linear probe: the backbone's weights and BatchNorm statistics stay fixed.
         optimizer: Builds the optimiser from the trainable parameters; default AdamW(lr=1e-3).
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
     """
+
+    #: The backbone when neither ``backbone`` nor ``backbone_weights`` says which.
+    default_backbone = BackboneSpec()
 
     def __init__(
         self,
@@ -50,7 +53,7 @@ class BaseTask(LightningModule):
             self.save_hyperparameters()
         drop_live_object_hparams(self)
         #: What the backbone is: given, else the distilled student's, else the defaults.
-        self.backbone_spec, weights = resolve_backbone(backbone, backbone_weights)
+        self.backbone_spec, weights = resolve_backbone(backbone, backbone_weights, self.default_backbone)
         self.backbone_weights = backbone_weights
         self.freeze_backbone = freeze_backbone
         self.optimizer_factory = optimizer

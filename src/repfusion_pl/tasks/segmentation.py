@@ -38,6 +38,9 @@ class SegmentationTask(BaseTask):
         lr_scheduler: Scheduler factory; default none.
     """
 
+    #: smp encoders are built for ImageNet-size inputs: their own stem unless told otherwise.
+    default_backbone = BackboneSpec(stem="imagenet")
+
     def __init__(
         self,
         num_classes: int,
