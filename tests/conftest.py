@@ -120,23 +120,23 @@ def rgb_imagenet_checkpoint(tmp_path_factory, rgb_teacher_dir) -> Path:
 
 
 def distill_command(
-    teacher: Path, root: Path, conf: str, *extra: str, checkpoints: Path | None = None
+    teacher: Path, root: Path, conf: str | tuple[str, ...], *extra: str, checkpoints: Path | None = None
 ) -> list[str]:
     """``repfusion fit`` arguments: configs/distill.yaml + ``tests/conf/<conf>``, writing under ``root``.
 
     Args:
         teacher: The teacher source.
         root: The run's ``default_root_dir``.
-        conf: A file of tests/conf applied on top of configs/distill.yaml.
+        conf: File(s) of tests/conf applied in order on top of configs/distill.yaml.
         *extra: More arguments, last (they override everything).
         checkpoints: The ModelCheckpoint folder; default ``root`` (never the repository's artifacts/).
     """
+    confs = (conf,) if isinstance(conf, str) else conf
     return [
         "fit",
         "--config",
         str(ROOT / "configs" / "distill.yaml"),
-        "--config",
-        str(CONF / conf),
+        *(arg for name in confs for arg in ("--config", str(CONF / name))),
         f"--model.init_args.teacher.init_args.source={teacher}",
         f"--trainer.default_root_dir={root}",
         f"--trainer.callbacks.init_args.dirpath={checkpoints or root}",

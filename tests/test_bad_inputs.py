@@ -182,6 +182,43 @@ def resume_into_another_student(env: Env) -> None:
     main(distill_cli(env, another, f"--ckpt_path={env.earlier / 'last.ckpt'}"))
 
 
+def scheduler_interval_not_epoch_or_step(env: Env) -> str:
+    return cli_message(env, *distill_cli(env, "--model.init_args.schedule.interval=batch"))
+
+
+def warmup_longer_than_the_run(env: Env) -> None:
+    main(distill_cli(env, "--model.init_args.schedule.warmup_steps=5000"))
+
+
+def labelled_reward_on_unlabelled_data(env: Env) -> None:
+    main(distill_cli(env, "--data.init_args.labels=false"))
+
+
+def recipe_without_its_dataset(env: Env) -> None:
+    recipe = ROOT / "configs" / "paper" / "cifar10-classify.yaml"
+    main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            f"--data.init_args.root={env.tmp / 'cifar10'}",
+            "--trainer.accelerator=cpu",
+        ]
+    )
+
+
+def recipe_without_its_teacher(env: Env) -> None:
+    recipe = ROOT / "configs" / "paper" / "celebahq-distill.yaml"
+    main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--model.init_args.teacher.init_args.source=google/ddpm-never-cached",
+        ]
+    )
+
+
 class RunsCode:
     def __reduce__(self):
         return (print, ("this pickle ran code",))
@@ -244,6 +281,31 @@ CASES = [
     ("export into the wrong model", export_into_the_wrong_model, r"do not fit", r"same arch, stem"),
     ("truncated checkpoint", truncated_checkpoint, r"truncated", r"Use an intact checkpoint"),
     ("resume into another student", resume_into_another_student, r"made by student", r"--ckpt_path CKPT"),
+    (
+        "scheduler interval not epoch or step",
+        scheduler_interval_not_epoch_or_step,
+        r"interval.*batch",
+        r"'epoch'.*'step'|epoch.*step",
+    ),
+    (
+        "warm-up longer than the run",
+        warmup_longer_than_the_run,
+        r"warm-up of 5000.*longer than the run",
+        r"lower",
+    ),
+    (
+        "labelled reward, unlabelled data",
+        labelled_reward_on_unlabelled_data,
+        r"TaskHeadReward needs labels",
+        r"repfusion_pl\.ContrastiveReward",
+    ),
+    ("recipe without its dataset", recipe_without_its_dataset, r"CIFAR-10 at .*cifar10", r"Expected layout"),
+    (
+        "recipe without its teacher",
+        recipe_without_its_teacher,
+        r"ddpm-never-cached",
+        r"huggingface-cli download",
+    ),
     (
         "pickle that runs code",
         pickle_that_runs_code,

@@ -77,3 +77,16 @@ def test_seeded_split_follows_one_shuffle_by_hand():
     assert not torch.equal(generator.get_state(), state)
     with pytest.raises(ValueError, match="needs the labels"):
         seeded_split(10, (2, 3), seeded(), labels_per_class=1)
+
+
+def test_without_labels_the_same_split_yields_images_alone():
+    labelled = setup(image_size=8, shift=0)
+    unlabelled = setup(image_size=8, shift=0, labels=False)
+    for name in ("train", "val", "test"):
+        images = torch.stack([unlabelled.splits[name][i] for i in range(len(unlabelled.splits[name]))])
+        expected = torch.stack([labelled.splits[name][i][0] for i in range(len(labelled.splits[name]))])
+        assert torch.equal(images, expected), name
+    batch = next(iter(unlabelled.train_dataloader()))
+    assert isinstance(batch, torch.Tensor) and batch.shape[1:] == (1, 8, 8)
+    with pytest.raises(ValueError, match="labels_per_class needs labels"):
+        DigitsDataModule(labels=False, labels_per_class=5)

@@ -370,3 +370,39 @@ def test_seeded_split_partitions_sorted_and_balances_the_training_rest():
     assert torch.bincount(labels[small]).tolist() == [2, 2, 2, 2]
     with pytest.raises(ValueError, match="leaves none for training"):
         seeded_split(10, (6, 4), seeded(0))
+
+
+def test_a_folder_of_unlabelled_images_feeds_label_free_distillation(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(10):
+        write_image(
+            root / ("day1" if i < 6 else "day2/more") / f"{i}.png", COLOURS[i % 3], size=(20, 20), seed=i
+        )
+    write_image(root / ".cache" / "thumb.png", COLOURS[0], size=(20, 20))  # hidden: not an image of the set
+    flat = tmp_path / "flat"
+    write_image(flat / "a.png", COLOURS[0], size=(20, 20))
+    with pytest.raises(MalformedDatasetError, match="no class folders.*set labels: false"):
+        ImageFolderDataModule(str(flat))  # images but no classes: the fix is named
+    data = ImageFolderDataModule(
+        str(root), image_size=8, val_fraction=0.2, test_fraction=0.1, labels=False, num_workers=0
+    )
+    assert data.num_classes is None
+    data.setup()
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 7, "val": 2, "test": 1}
+    batch = next(iter(data.val_dataloader()))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="labels_per_class needs labels"):
+        ImageFolderDataModule(str(root), labels=False, labels_per_class=2)
+
+
+def test_resized_crop_is_what_the_recipes_ask_for(tiny_root):
+    from torchvision.transforms import v2
+
+    from repfusion_pl.data.labelled_images import image_transform
+
+    steps = [type(t) for t in image_transform(64, augment=True, crop="resized").transforms]
+    assert v2.RandomResizedCrop in steps and v2.RandomCrop not in steps and v2.Resize not in steps
+    data = TinyImageNetDataModule(str(tiny_root), crop="resized", val_fraction=0.0, num_workers=0)
+    data.setup()
+    assert len(data.splits["val"]) == len(data.splits["test"]) == 6  # validation on the official val images
+    assert next(iter(data.train_dataloader()))[0].shape[1:] == (3, 64, 64)

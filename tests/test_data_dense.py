@@ -19,6 +19,7 @@ from repfusion_pl.data.celebamask import CLASS_FLIP_INDEX, CLASS_NAMES
 from repfusion_pl.data.files import CorruptImageError, DatasetLayoutError
 from repfusion_pl.data.shapes import TensorJointDataset, generate_shapes
 from repfusion_pl.data.transforms import (
+    DenseAugmentation,
     HorizontalFlipWithClassSwap,
     HorizontalFlipWithLandmarkSwap,
     build_pipeline,
@@ -84,7 +85,9 @@ def test_class_swap_flip_relabels_mirrored_classes_and_keeps_ignore():
 def test_pipeline_keeps_keypoints_on_the_pixels_they_mark(seed):
     # The random affine, flip and dtype steps move a keypoint exactly like the image content under it.
     image, point = dot_image(48, 17, 30), torch.tensor([[17.0, 30.0]])
-    pipeline = build_pipeline(True, HorizontalFlipWithLandmarkSwap([0]), degrees=25, scale=(0.8, 1.3))
+    pipeline = build_pipeline(
+        True, HorizontalFlipWithLandmarkSwap([0]), DenseAugmentation(degrees=25, scale=(0.8, 1.3))
+    )
     torch.manual_seed(seed)
     out_image, out_point = TensorJointDataset(image[None], point[None], "keypoints", pipeline)[0]
     assert torch.allclose(centroid(out_image), out_point[0], atol=0.15)
@@ -94,7 +97,10 @@ def test_pipeline_fills_masks_with_ignore_and_converts_dtypes():
     image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
     mask = torch.ones(20, 20, dtype=torch.uint8)
     dataset = TensorJointDataset(
-        image[None], mask[None], "mask", build_pipeline(True, degrees=45, translate=0.0)
+        image[None],
+        mask[None],
+        "mask",
+        build_pipeline(True, augmentation=DenseAugmentation(degrees=45, translate=0.0)),
     )
     torch.manual_seed(0)
     samples = [dataset[0] for _ in range(8)]
@@ -274,7 +280,9 @@ def test_celeba_training_flip_swaps_left_and_right_classes(tmp_path):
         CLASS_NAMES.index("l_ear")
     ] == CLASS_NAMES.index("r_ear")
     flip = HorizontalFlipWithClassSwap(CLASS_FLIP_INDEX, p=1.0)
-    dataset.transform = build_pipeline(True, flip, degrees=0, translate=0.0, scale=(1.0, 1.0))
+    dataset.transform = build_pipeline(
+        True, flip, DenseAugmentation(degrees=0, translate=0.0, scale=(1.0, 1.0))
+    )
     _, mask = dataset[0]
     # The l_eye box (cols 8..11) lands on cols 20..23 and is now called r_eye, and vice versa.
     assert mask[11, 21] == r_eye and mask[11, 9] == l_eye
@@ -462,3 +470,37 @@ def test_wflw_errors(tmp_path):
     dm.setup()
     with pytest.raises(CorruptImageError, match=r"WFLW_images/0--Parade/c\.jpg"):
         dm.splits["test"][0]
+
+
+def test_scale_jitter_crop_and_photometric_keep_masks_aligned_and_untouched():
+    """The face-parsing recipe's pipeline: 0.5-2x resize, 48 px crop padded with ignore, colour jitter."""
+    torch.manual_seed(0)
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, 8:24, 8:24] = 200
+    mask = torch.zeros(32, 32, dtype=torch.uint8)
+    mask[8:24, 8:24] = 1
+    augmentation = DenseAugmentation(
+        degrees=0,
+        translate=0,
+        scale=(1, 1),
+        flip=False,
+        resize_range=(0.5, 2.0),
+        crop_size=48,
+        photometric=True,
+    )
+    pipeline = build_pipeline(True, augmentation=augmentation, image_size=32)
+    sides, padded = set(), 0
+    for _ in range(20):
+        out_image, out_mask = pipeline(*wrap_sample(image, mask, "mask"))
+        assert out_image.shape == (3, 48, 48) and out_mask.shape == (48, 48)
+        inside, grey = out_mask == 1, out_image.float().mean(0)
+        if inside.any():
+            # The square is where the mask says, whatever the colour jitter did (edges blur: IoU).
+            weight = (grey - grey[out_mask == 0].mean()).clamp(min=0)
+            ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+            bright_centre = torch.stack([(weight * ys).sum(), (weight * xs).sum()]) / weight.sum()
+            mask_centre = torch.stack([ys[inside].mean(), xs[inside].mean()])
+            assert (bright_centre - mask_centre).abs().max() < 0.75
+        padded += int((out_mask == 255).any())
+        sides.add(int(inside.sum()))
+    assert padded > 0 and len(sides) > 3  # some resizes fell below the crop, and the scale varied

@@ -152,3 +152,16 @@ def test_rejects_bad_sizes() -> None:
         FashionMNISTDataModule(num_train=0)
     with pytest.raises(ValueError, match="labels_per_class"):
         FashionMNISTDataModule(labels_per_class=0)
+
+
+def test_without_labels_batches_are_the_same_images_alone(fashion_root: Path) -> None:
+    settings = dict(image_size=28, num_val=20, num_test=30, flip=False)
+    labelled = FashionMNISTDataModule(str(fashion_root), **settings)
+    unlabelled = FashionMNISTDataModule(str(fashion_root), labels=False, **settings)
+    labelled.setup()
+    unlabelled.setup()
+    images = next(iter(unlabelled.val_dataloader()))
+    assert isinstance(images, torch.Tensor)
+    assert torch.equal(images, next(iter(labelled.val_dataloader()))[0])
+    with pytest.raises(ValueError, match="labels_per_class needs labels"):
+        FashionMNISTDataModule(str(fashion_root), labels=False, labels_per_class=3)

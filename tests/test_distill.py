@@ -71,7 +71,7 @@ def test_checkpoint_holds_student_projectors_sampler_never_the_teacher(gray_teac
     assert prefixes == {"student", "sampler", "projectors"}
     assert {
         "sampler.policy.8.weight",
-        "sampler.head.4.weight",
+        "sampler.reward.head.4.weight",
         "sampler.baseline_value",
         "sampler.epoch",
     } <= set(state)

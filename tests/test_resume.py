@@ -12,11 +12,12 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from conftest import distill_command, quiet_trainer, run_repfusion
+from conftest import ROOT, distill_command, quiet_trainer, run_repfusion
 from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, TimestepTelemetry
 from repfusion_pl.checkpoints import CONFIG_KEY, read_checkpoint
 from repfusion_pl.cli import with_checkpoint_config
 from repfusion_pl.data.labelled_images import TensorImageDataset
+from repfusion_pl.optim import LRSchedule
 
 
 def loaders() -> tuple[DataLoader, DataLoader]:
@@ -39,6 +40,7 @@ def fit(
         PolicyTimestep(3, baseline="ema", entropy_end_epoch=3),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7),
+        schedule=LRSchedule(warmup_steps=6, warmup_start_factor=0.1),
     )
     telemetry = TimestepTelemetry(plot=False)
     callbacks = [ModelCheckpoint(dirpath=root, save_last=True), EMAWeightAveraging(decay=0.9), telemetry]
@@ -88,18 +90,27 @@ def compare_checkpoints(straight: Path, resumed: Path, steps: int) -> None:
         torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("devices", [1, 2], ids=["one-process", "two-process-ddp"])
+@pytest.mark.parametrize(
+    ("devices", "confs"),
+    [
+        (1, ("distill_resume.yaml",)),
+        (2, ("distill_resume.yaml",)),
+        # configs/distill-no-labels.yaml: images alone, the contrastive reward (its projection is state).
+        (1, ("distill_resume.yaml", str(ROOT / "configs" / "distill-no-labels.yaml"))),
+    ],
+    ids=["one-process", "two-process-ddp", "unlabelled-contrastive-reward"],
+)
 def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
-    gray_teacher_dir: Path, tmp_path: Path, devices: int
+    gray_teacher_dir: Path, tmp_path: Path, devices: int, confs: tuple[str, ...]
 ) -> None:
     ddp = (
         ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"] if devices == 2 else []
     )
     for root, epochs in (("straight", 2), ("first", 1)):
-        done = run_repfusion(
-            *distill_args(gray_teacher_dir, tmp_path / root, f"--trainer.max_epochs={epochs}", *ddp),
-            cwd=tmp_path,
+        args = distill_command(
+            gray_teacher_dir, tmp_path / root, confs, f"--trainer.max_epochs={epochs}", *ddp
         )
+        done = run_repfusion(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     first = tmp_path / "first" / "last.ckpt"
     stored = yaml.safe_load(read_checkpoint(first)[CONFIG_KEY])

@@ -6,8 +6,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from repfusion_pl import DiffusionTeacher, PolicyTimestep
+from repfusion_pl.rewards import task_head_loss
 from repfusion_pl.rl import PeakedTimestepBandit, TimestepBanditEnv
-from repfusion_pl.timesteps import task_head_loss
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def bandit(gray_teacher_dir):
     policy.build(teacher.num_train_timesteps, teacher.feature_shapes[teacher.layers[0]][0], 1)
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
-    return TimestepBanditEnv(teacher, policy.head, images, labels), teacher, policy
+    return TimestepBanditEnv(teacher, policy.reward, images, labels), teacher, policy
 
 
 def test_timestep_bandit_passes_gymnasiums_checker(bandit):
@@ -31,7 +31,7 @@ def test_bandit_reward_is_the_distillation_reward(bandit):
     _, reward, terminated, truncated, _ = env.step(123)
     i = info["index"]
     features = teacher(env.images[i : i + 1], torch.tensor([123]))[teacher.layers[0]]
-    expected = -task_head_loss(policy.head, features, env.labels[i : i + 1]).item()
+    expected = -task_head_loss(policy.reward.head, features, env.labels[i : i + 1]).item()
     assert reward == pytest.approx(expected) and terminated and not truncated
     with pytest.raises(ValueError, match="not a timestep"):
         env.step(1000)

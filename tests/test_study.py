@@ -26,11 +26,19 @@ def test_sampler_arms_share_the_layer_and_differ_in_the_sampler() -> None:
     policy = {"class_path": "repfusion_pl.PolicyTimestep", "init_args": {"num_classes": 10}}
     arms = sampler_arms("mid_block.resnets.0", 120, policy, num_train_timesteps=1000)
     samplers = {name: arm["model"]["init_args"]["sampler"] for name, arm in arms.items()}
+    no_labels = {
+        "class_path": "repfusion_pl.PolicyTimestep",
+        "init_args": {"num_classes": None, "reward": {"class_path": "repfusion_pl.ContrastiveReward"}},
+    }
     assert samplers == {
         "policy (REINFORCE)": policy,
+        "policy, no labels": no_labels,
         "fixed t=120": {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": 120}},
         "uniform t": {"class_path": "repfusion_pl.UniformTimestep", "init_args": {"max_t": 1000}},
     }
+    # Only the label-free arm withholds the labels, on the same images.
+    assert [name for name, arm in arms.items() if "data" in arm] == ["policy, no labels"]
+    assert arms["policy, no labels"]["data"] == {"init_args": {"labels": False}}
     assert {tuple(arm["model"]["init_args"]["teacher"]["init_args"]["layers"]) for arm in arms.values()} == {
         ("mid_block.resnets.0",)
     }
@@ -83,9 +91,16 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
     assert set(result["scores"]) == {
         "random init",
         "policy (REINFORCE)",
+        "policy, no labels",
         f"fixed t={best['timestep']}",
         "uniform t",
     }
+    for arm in ("policy (REINFORCE)", "policy, no labels"):
+        settled = result["distillation"][arm]
+        assert 0 <= settled["settled_t"] < 1000 and 0 < settled["settled_share"] <= 1
+    assert (tmp_path / "results" / "tiny-timesteps-policy-no-labels.png").read_bytes()[:4] == b"\x89PNG"
+    no_labels = yaml.safe_load((tmp_path / "work" / "configs" / "distill-policy-no-labels.yaml").read_text())
+    assert no_labels["data"]["init_args"]["labels"] is False
     for arm, scores in result["scores"].items():
         assert len(scores["5 labels/class"]) == 2
         assert len(scores["linear probe, all labels"]) == (2 if arm == "random init" else 1)
@@ -95,14 +110,17 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
     assert "| random init |" in (tmp_path / "results" / "tiny.md").read_text()
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 0
     # Every run left a config that names its sampler and the probe's layer, and each student a checkpoint.
-    policy_config = yaml.safe_load((tmp_path / "work" / "configs" / "distill-policy.yaml").read_text())
+    policy_config = yaml.safe_load(
+        (tmp_path / "work" / "configs" / "distill-policy-reinforce.yaml").read_text()
+    )
     assert policy_config["model"]["init_args"]["sampler"]["class_path"] == "repfusion_pl.PolicyTimestep"
     assert policy_config["model"]["init_args"]["teacher"]["init_args"]["layers"] == [best["layer"]]
     assert policy_config["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
     assert sorted(p.name for p in (tmp_path / "work" / "students").iterdir()) == [
-        "fixed.ckpt",
-        "policy.ckpt",
-        "uniform.ckpt",
+        f"fixed-t-{best['timestep']}.ckpt",
+        "policy-no-labels.ckpt",
+        "policy-reinforce.ckpt",
+        "uniform-t.ckpt",
     ]
     # The base configs' checkpoint callbacks were dropped: the main job's outputs are untouched.
     assert [p.stat().st_mtime for p in before] == mtimes

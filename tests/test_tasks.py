@@ -142,3 +142,71 @@ def test_landmark_training_lowers_the_heatmap_loss_and_reports_nme(tmp_path):
 def test_backbone_defaults_per_task_when_nothing_says_which():
     assert ClassificationTask(3).backbone_spec == BackboneSpec()  # CIFAR stem, 3 channels
     assert SegmentationTask(3).backbone_spec.stem == "imagenet"  # smp decoders expect strides 2..32
+
+
+def test_a_task_refuses_batches_without_labels():
+    task = ClassificationTask(3, backbone=BackboneSpec(in_channels=1))
+    with pytest.raises(TypeError, match="images alone; set its labels: true"):
+        task.training_step(torch.rand(2, 1, 16, 16), 0)
+
+
+def test_bisenetv1_on_a_distilled_resnet18_trains_with_its_auxiliary_heads(rgb_imagenet_checkpoint):
+    task = SegmentationTask(4, decoder="bisenetv1", backbone_weights=str(rgb_imagenet_checkpoint))
+    distilled = read_backbone_weights(rgb_imagenet_checkpoint).state_dict
+    assert torch.equal(
+        task.backbone_module().state_dict()["layer3.0.conv1.weight"], distilled["layer3.0.conv1.weight"]
+    )
+    images, masks = torch.rand(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    main, aux16, aux32 = task.train()(images)  # training: the main and both auxiliary logits
+    assert main.shape == aux16.shape == aux32.shape == (2, 4, 64, 64)
+    only_main = torch.nn.functional.cross_entropy(main, masks)
+    assert task.compute_loss((main, aux16, aux32), masks) > only_main
+    assert task.eval()(images).shape == (2, 4, 64, 64)  # evaluation: the main head alone
+    wide = SegmentationTask(
+        4,
+        decoder="bisenetv1",
+        backbone=BackboneSpec("resnet50", stem="imagenet"),
+        decoder_args={
+            "context_channels": 512,
+            "spatial_channels": [256, 256, 256, 512],
+            "out_channels": 1024,
+            "aux_channels": 256,
+        },
+    )
+    assert wide.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+
+
+def test_landmark_heads_of_the_paper_resnet50_deconv_and_hrnet_concat():
+    resnet50 = LandmarkTask(
+        5,
+        (0, 1),
+        image_size=64,
+        heatmap_stride=4,
+        head_channels=256,
+        backbone=BackboneSpec("resnet50", stem="imagenet"),
+    )
+    assert resnet50(torch.rand(2, 3, 64, 64)).shape == (2, 5, 16, 16)
+    assert resnet50.head[0].out_channels == 256  # three 256-wide deconvolutions, as the authors' head
+    hrnet = LandmarkTask(
+        5,
+        (0, 1),
+        image_size=64,
+        heatmap_stride=4,
+        head="concat",
+        backbone=BackboneSpec("hrnet_w18", "timm", "imagenet"),
+    )
+    assert hrnet(torch.rand(2, 3, 64, 64)).shape == (2, 5, 16, 16)
+    assert hrnet.head.out.in_channels == 18 + 36 + 72 + 144
+    with pytest.raises(ValueError, match="use head: concat"):
+        LandmarkTask(
+            5, (0, 1), image_size=64, heatmap_stride=4, backbone=BackboneSpec("hrnet_w18", "timm", "imagenet")
+        )
+
+
+def test_an_hrnet_student_distils_from_its_fused_map_and_refuses_a_branch_list():
+    from repfusion_pl import Student
+
+    student = Student("hrnet_w18", library="timm", stem="imagenet", taps=["final_layer"])
+    assert student.feature_shapes(64)["final_layer"] == (2048, 2, 2)
+    with pytest.raises(ValueError, match="outputs 4 maps.*final_layer"):
+        Student("hrnet_w18", library="timm", stem="imagenet").feature_shapes(64)

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from repfusion_pl.rewards import task_head_loss
 from repfusion_pl.timesteps import (
     FixedTimestep,
     LinearDecayTimestep,
     PolicyTimestep,
     TimestepDraw,
     UniformTimestep,
-    task_head_loss,
 )
 
 
@@ -84,7 +84,7 @@ def policy_with_known_draw(baseline="none"):
 def test_reinforce_loss_matches_the_formula(baseline):
     policy, draw, features, labels = policy_with_known_draw(baseline)
     out = policy.step_loss(draw, features, labels)
-    ce = F.cross_entropy(policy.head(features.mean(dim=(2, 3))), labels, reduction="none")
+    ce = F.cross_entropy(policy.reward.head(features.mean(dim=(2, 3))), labels, reduction="none")
     reward = -ce.detach()
     baseline_value = {"none": 0.0, "batch_mean": reward.mean(), "ema": reward.mean()}[baseline]
     torch.testing.assert_close(out.losses["policy"], -(draw.log_prob * (reward - baseline_value)).mean())
@@ -97,14 +97,14 @@ def test_ema_baseline_moves_towards_the_reward_and_is_state():
     policy.baseline_momentum = 0.5
     policy.step_loss(draw, features, labels)
     first = policy.baseline_value.clone()
-    reward = -task_head_loss(policy.head, features, labels).detach().mean()
+    reward = -task_head_loss(policy.reward.head, features, labels).detach().mean()
     torch.testing.assert_close(first, reward)  # first batch initialises it
     policy.step_loss(draw, features + 1, labels)
-    second_reward = -task_head_loss(policy.head, features + 1, labels).detach().mean()
+    second_reward = -task_head_loss(policy.reward.head, features + 1, labels).detach().mean()
     torch.testing.assert_close(policy.baseline_value, 0.5 * first + 0.5 * second_reward)
     state = policy.state_dict()
     assert {"baseline_value", "baseline_ready", "epoch"} <= set(state)
-    assert any(k.startswith("policy.") for k in state) and any(k.startswith("head.") for k in state)
+    assert any(k.startswith("policy.") for k in state) and any(k.startswith("reward.head.") for k in state)
 
 
 def test_entropy_weight_decays_linearly_to_zero():
@@ -121,7 +121,7 @@ def test_each_policy_term_reaches_only_its_own_parameters():
     features.requires_grad_(True)
     out = policy.step_loss(draw, features, labels)
     out.losses["policy"].backward(retain_graph=True)
-    assert all(p.grad is None for p in policy.head.parameters())
+    assert all(p.grad is None for p in policy.reward.head.parameters())
     assert policy.policy[-1].weight.grad.abs().sum() > 0
     policy.zero_grad(set_to_none=True)
     out.losses["head_ce"].backward()

@@ -8,6 +8,9 @@ file>``. `benchmarks/demo.py` (digits) and `benchmarks/quality.py` (Fashion-MNIS
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,22 +30,31 @@ from study.runs import QUIET_TRAINER, fit_config, instantiate_data, merge, write
 RANDOM_INIT = "random init"
 
 
+def slug(name: str) -> str:
+    """A file-name form of an arm or setting name: ``"policy, no labels"`` -> ``"policy-no-labels"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def sampler_arms(layer: str, timestep: int, policy: dict, num_train_timesteps: int = 1000) -> dict[str, dict]:
-    """The three distillation arms at one teacher layer: the RL policy, a fixed t and uniform t.
+    """The distillation arms at one layer: the policy with and without labels, a fixed t, uniform t.
 
     Args:
         layer: The teacher layer every arm distils from (the probe's best).
         timestep: The fixed arm's timestep (the probe's best).
-        policy: The policy sampler block (``class_path`` + ``init_args``).
+        policy: The policy sampler block (``class_path`` + ``init_args``) rewarded with labels.
         num_train_timesteps: T; the uniform arm draws from all of it, as the policy does at first.
     """
 
-    def arm(sampler: dict) -> dict:
+    def arm(sampler: dict, data: dict | None = None) -> dict:
         teacher = {"init_args": {"layers": [layer]}}
-        return {"model": {"init_args": {"teacher": teacher, "sampler": sampler}}}
+        return {"model": {"init_args": {"teacher": teacher, "sampler": sampler}}, **(data or {})}
 
+    # The same policy on the same images with the labels withheld: rewarded by the contrastive reward.
+    label_free = {"num_classes": None, "reward": {"class_path": "repfusion_pl.ContrastiveReward"}}
+    no_labels = {**policy, "init_args": {**policy.get("init_args", {}), **label_free}}
     return {
         "policy (REINFORCE)": arm(policy),
+        "policy, no labels": arm(no_labels, {"data": {"init_args": {"labels": False}}}),
         f"fixed t={timestep}": arm(
             {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": timestep}}
         ),
@@ -97,26 +109,36 @@ class Comparison:
     num_classes: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, float], float]:
-        """Run one distillation arm; return its checkpoint, final metrics and seconds taken."""
-        slug = arm.split(" ")[0].lower()
-        checkpoint = self.work_dir / "students" / f"{slug}.ckpt"
+    def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, Any], float]:
+        """Run one distillation arm; return its checkpoint, final metrics and seconds taken.
+
+        The metrics include where the timestep choice settled (``settled_t``: the most drawn t of
+        the last epoch, ``settled_share``: its share); the arm's ``timesteps.png`` is copied next to
+        the results as ``<name>-timesteps-<arm>.png``.
+        """
+        name = slug(arm)
+        checkpoint = self.work_dir / "students" / f"{name}.ckpt"
+        logs = self.work_dir / "logs" / name
         config = merge(self.distill_base, overrides)
-        config = merge(
-            config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(self.work_dir / "logs")}}
-        )
+        config = merge(config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(logs)}})
         path = write_yaml(
-            config, self.work_dir / "configs" / f"distill-{slug}.yaml", f"# {self.name}: {arm}\n"
+            config, self.work_dir / "configs" / f"distill-{name}.yaml", f"# {self.name}: {arm}\n"
         )
         start = time.perf_counter()
-        metrics = fit_config(path, checkpoint=checkpoint)
-        return checkpoint, metrics, time.perf_counter() - start
+        metrics: dict[str, Any] = dict(fit_config(path, checkpoint=checkpoint))
+        seconds = time.perf_counter() - start
+        counts = json.loads((logs / "timestep_counts.json").read_text())["per_epoch"][-1]
+        metrics["settled_t"] = max(range(len(counts)), key=counts.__getitem__)
+        metrics["settled_share"] = round(counts[metrics["settled_t"]] / max(sum(counts), 1), 3)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(logs / "timesteps.png", self.results_dir / f"{self.name}-timesteps-{name}.png")
+        return checkpoint, metrics, seconds
 
     def evaluate(self, arm: str, weights: Path | None, setting: Setting, seed: int) -> float:
         """Test accuracy of one backbone (``None``: random init) under one setting and seed."""
         if setting.classify is None:
             return self.linear_probe(weights, seed)
-        slug = f"{arm.split(' ')[0].lower()}-{setting.name.split('/')[0].replace(' ', '')}-seed{seed}"
+        run = f"{slug(arm)}-{slug(setting.name)}-seed{seed}"
         config = merge(self.classify_base, setting.classify)
         config = merge(
             config,
@@ -127,7 +149,7 @@ class Comparison:
                 "data": {"init_args": {"seed": seed}},
             },
         )
-        path = write_yaml(config, self.work_dir / "configs" / f"classify-{slug}.yaml", f"# {self.name}\n")
+        path = write_yaml(config, self.work_dir / "configs" / f"classify-{run}.yaml", f"# {self.name}\n")
         return fit_config(path, test=True)["test/acc"]
 
     def linear_probe(self, weights: Path | None, seed: int) -> float:

@@ -12,6 +12,13 @@ from repfusion_pl.losses import (
     PooledMSELoss,
     RKDLoss,
 )
+from repfusion_pl.rewards import (
+    ContrastiveReward,
+    LeastSquaresReward,
+    RewardOutput,
+    TaskHeadReward,
+    TimestepReward,
+)
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
 from repfusion_pl.teacher_training import DiffusionTeacherTraining
@@ -33,6 +40,7 @@ __all__ = [
     "SegmentationTask",
     "AttentionTransferLoss",
     "BackboneSpec",
+    "ContrastiveReward",
     "DenseL1Loss",
     "DenseMSELoss",
     "DiffusionTeacher",
@@ -40,13 +48,17 @@ __all__ = [
     "FeatureLoss",
     "FixedTimestep",
     "InfoNCELoss",
+    "LeastSquaresReward",
     "LinearDecayTimestep",
     "NormalizedMSELoss",
     "PolicyTimestep",
     "PooledMSELoss",
     "RKDLoss",
+    "RewardOutput",
     "RepFusionDistillation",
     "Student",
+    "TaskHeadReward",
+    "TimestepReward",
     "TimestepSampler",
     "TimestepTelemetry",
     "UniformTimestep",

@@ -15,7 +15,7 @@ from repfusion_pl.checkpoints import PROVENANCE_KEY, RNG_KEY, check_resumable
 from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
-from repfusion_pl.optim import build_optimization
+from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.projectors import build_projectors
 from repfusion_pl.rng import RandomStreams
 from repfusion_pl.students import Student
@@ -43,6 +43,7 @@ class RepFusionDistillation(LightningModule):
         optimizer: Builds the optimiser from parameter groups (student + projectors, then the
             sampler); default SGD(lr=0.1, momentum=0.9, weight_decay=1e-4), the authors' choice.
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
+        schedule: The scheduler's interval (``epoch`` or ``step``) and a linear warm-up.
         sampler_lr: Learning rate of the sampler's group (policy + task head); default the
             optimiser's.
         channels_last: Keep student, teacher and images in channels-last memory format (faster
@@ -58,6 +59,7 @@ class RepFusionDistillation(LightningModule):
         head_layer: str | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        schedule: LRSchedule | None = None,
         sampler_lr: float | None = None,
         channels_last: bool = True,
     ) -> None:
@@ -70,6 +72,7 @@ class RepFusionDistillation(LightningModule):
         self.sampler = sampler if sampler is not None else UniformTimestep()
         self.feature_loss = feature_loss if feature_loss is not None else PooledMSELoss()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.schedule = schedule or LRSchedule()
         self.sampler_lr = sampler_lr
         self.head_layer = head_layer or teacher.layers[0]
         if self.head_layer not in teacher.feature_shapes:
@@ -194,10 +197,19 @@ class RepFusionDistillation(LightningModule):
                 groups[-1]["lr"] = self.sampler_lr
         return groups
 
+    def on_train_start(self) -> None:
+        # Here, once the training data is set up: asking for the run's length any earlier would set
+        # it up before a resume restores the random streams.
+        check_warmup_fits(self.schedule, self.trainer)
+
     def configure_optimizers(self) -> Any:
         def authors_sgd(groups: Any) -> torch.optim.Optimizer:
             return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
         return build_optimization(
-            self.parameter_groups(), self.optimizer_factory, self.lr_scheduler_factory, authors_sgd
+            self.parameter_groups(),
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            authors_sgd,
+            self.schedule,
         )

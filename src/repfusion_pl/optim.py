@@ -1,12 +1,66 @@
-"""Optimisers and learning-rate schedulers from LightningCLI factories, with a default per module."""
+"""Optimisers and learning-rate schedules from LightningCLI factories, with a default per module.
+
+The schedule is Lightning's scheduler config: the configured scheduler steps every ``epoch`` or every
+optimiser ``step`` (`LRSchedule.interval`), and an optional linear warm-up (`torch.optim.lr_scheduler.
+LinearLR`, stepped per optimiser step) is chained in front of it. PyTorch's step, multi-step,
+polynomial, exponential and cosine schedulers are chainable, so during warm-up the learning rate is
+the scheduled one times the warm-up factor, as in mmcv's warm-up.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """How the learning rate moves besides the scheduler's own rule.
+
+    Args:
+        interval: Step the configured ``lr_scheduler`` every ``epoch`` or every optimiser ``step``
+            (per-iteration schedules such as ``PolynomialLR(total_iters=<iterations>)`` need ``step``).
+        warmup_steps: Optimiser steps of linear warm-up (0: none).
+        warmup_start_factor: The warm-up's first learning rate as a fraction of the scheduled one.
+    """
+
+    interval: Literal["epoch", "step"] = "epoch"
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.interval not in ("epoch", "step"):
+            raise ValueError(
+                f"schedule.interval must be 'epoch' or 'step', got {self.interval!r}: 'step' for "
+                "per-iteration schedules (poly, warm-up), 'epoch' for per-epoch milestones"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ValueError(
+                f"schedule.warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}"
+            )
+
+
+def check_warmup_fits(schedule: LRSchedule, trainer: Trainer | None) -> None:
+    """Refuse a warm-up longer than the trainer's run (not checked without a trainer or in ``fast_dev_run``).
+
+    Call it once the training data is set up (``on_train_start``): `Trainer.estimated_stepping_batches`
+    sets the data up when it is not, which must not happen before a resume restores the RNG streams.
+    """
+    if not schedule.warmup_steps or trainer is None or trainer.fast_dev_run:  # type: ignore[attr-defined]
+        return
+    total_steps = trainer.estimated_stepping_batches
+    if total_steps != float("inf") and schedule.warmup_steps > total_steps:
+        raise ValueError(
+            f"the warm-up of {schedule.warmup_steps} optimiser steps is longer than the run "
+            f"({int(total_steps)} steps); lower model.schedule.warmup_steps or train longer"
+        )
 
 
 def build_optimization(
@@ -14,16 +68,29 @@ def build_optimization(
     optimizer: OptimizerCallable | None,
     lr_scheduler: LRSchedulerCallable | None,
     default: Callable[[Iterable[Any]], torch.optim.Optimizer],
+    schedule: LRSchedule | None = None,
 ) -> Any:
-    """What ``configure_optimizers`` returns: the optimiser, with its scheduler when one is given.
+    """What ``configure_optimizers`` returns: the optimiser and its scheduler configs, if any.
 
     Args:
         params: Parameters or parameter groups.
         optimizer: The configured optimiser factory; ``None`` uses ``default``.
         lr_scheduler: The configured scheduler factory; ``None`` for a constant learning rate.
         default: Builds the module's default optimiser.
+        schedule: The scheduler's interval and the warm-up; default per epoch, no warm-up.
     """
+    schedule = schedule or LRSchedule()
     built = default(params) if optimizer is None else optimizer(params)
-    if lr_scheduler is None:
+    configs = []
+    if schedule.warmup_steps:
+        warmup = torch.optim.lr_scheduler.LinearLR(
+            built, start_factor=schedule.warmup_start_factor, total_iters=schedule.warmup_steps
+        )
+        configs.append({"scheduler": warmup, "interval": "step", "name": "lr-warmup"})
+    if lr_scheduler is not None:
+        configs.append({"scheduler": lr_scheduler(built), "interval": schedule.interval})
+    if not configs:
         return built
-    return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+    if len(configs) == 1:
+        return {"optimizer": built, "lr_scheduler": configs[0]}
+    return [built], configs

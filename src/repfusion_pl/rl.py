@@ -1,8 +1,8 @@
 """The timestep choice as a gymnasium contextual bandit, for tests and standalone study.
 
-`TimestepBanditEnv` scores a timestep exactly as distillation does (`task_head_loss`, one
-implementation, two callers): observe an image, pick t, get minus the task head's cross-entropy on
-the teacher's features at t. `PeakedTimestepBandit` has a known best timestep, so a policy's
+`TimestepBanditEnv` scores timesteps exactly as distillation does (the same `TimestepReward`
+component, one implementation, two callers): observe images, pick a t for each, get the reward of
+the teacher's features at those t. `PeakedTimestepBandit` has a known best timestep, so a policy's
 learning can be checked against the optimum instead of trusted.
 """
 
@@ -14,21 +14,24 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor, nn
+from torch import Tensor
 
+from repfusion_pl.rewards import TimestepReward
 from repfusion_pl.teachers import DiffusionTeacher
-from repfusion_pl.timesteps import task_head_loss
 
 
 class TimestepBanditEnv(gym.Env):
-    """One-step episodes: an image is observed, a timestep chosen, the task head's loss is the cost.
+    """One-step episodes: images are observed, a timestep chosen for each, the reward scores them.
 
     Args:
         teacher: The frozen diffusion teacher.
-        head: A task head on pooled teacher features (e.g. `PolicyTimestep.head`).
+        reward: A built reward component (e.g. ``policy.reward`` of a built `PolicyTimestep`).
         images: ``(N, C, H, W)`` images in the teacher's ``input_range``.
-        labels: ``(N,)`` class labels.
-        layer: Teacher layer feeding the head; default its first tapped layer.
+        labels: ``(N,)`` class labels; ``None`` for rewards that need none.
+        batch_size: ``None``: one image an episode (observation ``(C, H, W)``, action a timestep).
+            ``B``: B distinct images an episode (observation ``(B, C, H, W)``, one timestep each, the
+            episode's reward their mean); rewards that compare images (`ContrastiveReward`) need B >= 2.
+        layer: Teacher layer the reward sees; default its first tapped layer.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -36,44 +39,65 @@ class TimestepBanditEnv(gym.Env):
     def __init__(
         self,
         teacher: DiffusionTeacher,
-        head: nn.Module,
+        reward: TimestepReward,
         images: Tensor,
-        labels: Tensor,
+        labels: Tensor | None = None,
+        batch_size: int | None = None,
         layer: str | None = None,
     ) -> None:
-        if len(images) != len(labels) or len(images) == 0:
+        if len(images) == 0 or (labels is not None and len(images) != len(labels)):
+            count = "no" if labels is None else len(labels)
+            raise ValueError(f"need as many labels as images (got {len(images)} images, {count} labels)")
+        if reward.needs_labels and labels is None:
+            raise ValueError(f"{type(reward).__name__} needs labels: give the images' labels")
+        if batch_size is not None and not 1 <= batch_size <= len(images):
             raise ValueError(
-                f"need as many labels as images (got {len(images)} images, {len(labels)} labels)"
+                f"batch_size must be in 1..{len(images)} (the number of images), got {batch_size}"
             )
-        self.teacher, self.head = teacher, head
-        self.images, self.labels = images.float(), labels.long()
-        self.layer = layer or teacher.layers[0]
+        self.teacher, self.reward_fn = teacher, reward
+        self.images = images.float()
+        self.labels = None if labels is None else labels.long()
+        self.batch_size, self.layer = batch_size, layer or teacher.layers[0]
         low, high = teacher.input_range
-        self.observation_space = spaces.Box(low, high, shape=tuple(images.shape[1:]), dtype=np.float32)
+        shape = tuple(images.shape[1:]) if batch_size is None else (batch_size, *images.shape[1:])
+        self.observation_space = spaces.Box(low, high, shape=shape, dtype=np.float32)
         self.num_timesteps = teacher.num_train_timesteps
-        self.action_space = spaces.Discrete(self.num_timesteps)
-        self._index = 0
+        self.action_space: spaces.Space = (
+            spaces.Discrete(self.num_timesteps)
+            if batch_size is None
+            else spaces.MultiDiscrete([self.num_timesteps] * batch_size)
+        )
+        self._indices = np.zeros(1, dtype=np.int64)
 
     def _observation(self) -> np.ndarray:
-        return self.images[self._index].numpy().astype(np.float32)
+        observed = self.images[torch.from_numpy(self._indices)].numpy().astype(np.float32)
+        return observed[0] if self.batch_size is None else observed
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self._index = int(self.np_random.integers(len(self.images)))
-        return self._observation(), {"index": self._index, "label": int(self.labels[self._index])}
+        count = 1 if self.batch_size is None else self.batch_size
+        self._indices = self.np_random.choice(len(self.images), size=count, replace=False)
+        info: dict[str, Any] = {"indices": self._indices.tolist()}
+        if self.batch_size is None:
+            info["index"] = int(self._indices[0])
+        if self.labels is not None:
+            info["labels"] = self.labels[torch.from_numpy(self._indices)].tolist()
+        return self._observation(), info
 
-    def reward(self, index: int, timestep: int) -> float:
-        """Minus the task head's cross-entropy on image ``index`` seen by the teacher at ``timestep``."""
-        image = self.images[index : index + 1]
-        features = self.teacher(image, torch.tensor([timestep]))[self.layer]
+    def rewards(self, indices: Tensor, timesteps: Tensor) -> Tensor:
+        """Per-image rewards of images ``indices`` seen by the teacher at ``timesteps``."""
+        features = self.teacher(self.images[indices], timesteps)[self.layer]
+        labels = None if self.labels is None else self.labels[indices]
         with torch.no_grad():
-            return -float(task_head_loss(self.head, features, self.labels[index : index + 1]))
+            return self.reward_fn(features, labels).reward.float()
 
-    def step(self, action: int):
+    def step(self, action: Any):
         if not self.action_space.contains(action):
-            raise ValueError(f"action {action} is not a timestep in 0..{self.num_timesteps - 1}")
-        reward = self.reward(self._index, int(action))
-        return self._observation(), reward, True, False, {"index": self._index}
+            raise ValueError(f"action {action} is not a timestep in 0..{self.num_timesteps - 1} per image")
+        timesteps = torch.as_tensor(np.atleast_1d(action), dtype=torch.long)
+        rewards = self.rewards(torch.from_numpy(self._indices), timesteps)
+        info = {"indices": self._indices.tolist(), "rewards": rewards.tolist()}
+        return self._observation(), float(rewards.mean()), True, False, info
 
 
 class PeakedTimestepBandit(gym.Env):

@@ -186,20 +186,37 @@ class Student(nn.Module):
             )
         return self._feature_taps.run(self.backbone, images)
 
-    def feature_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
-        """Per-tap ``(C, h, w)`` for square images of the given side, without touching BN statistics."""
+    def feature_maps(self, image_size: int) -> dict[str, Any]:
+        """Per-tap outputs for one blank square image, without touching BN statistics or autograd."""
         was_training = self.training
         self.eval()
         with torch.no_grad():
             feats = self(torch.zeros(1, self.in_channels, image_size, image_size))
         self.train(was_training)
-        return {name: tuple(f.shape[1:]) for name, f in feats.items()}
+        return feats
+
+    def feature_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
+        """Per-tap ``(C, h, w)`` for square images of the given side.
+
+        Raises:
+            ValueError: For a tap whose module returns several maps (e.g. an HRNet stage).
+        """
+        shapes = {}
+        for name, feature in self.feature_maps(image_size).items():
+            if not isinstance(feature, Tensor):
+                raise ValueError(
+                    f"student tap {name!r} of {self.arch} outputs {len(feature)} maps, not one; tap a module "
+                    "that returns a single map (for timm HRNets: 'final_layer', the fused 2048-channel map)"
+                )
+            shapes[name] = tuple(feature.shape[1:])
+        return shapes
 
     def _freeze_unreached(self) -> None:
         was_training = self.training
         self.eval()
         feats = self(torch.zeros(2, self.in_channels, 32, 32))
-        torch.stack([f.float().sum() for f in feats.values()]).sum().backward()
+        maps = [m for f in feats.values() for m in (f if isinstance(f, (list, tuple)) else [f])]
+        torch.stack([m.float().sum() for m in maps]).sum().backward()
         for param in self.backbone.parameters():
             if param.grad is None:
                 param.requires_grad_(False)

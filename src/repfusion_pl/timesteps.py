@@ -1,7 +1,8 @@
 """Timestep selection: which diffusion timestep t the teacher sees for each image.
 
 All samplers share one interface, so a YAML ``class_path`` swaps them: `FixedTimestep`,
-`UniformTimestep`, `LinearDecayTimestep`, and `PolicyTimestep`, the paper's REINFORCE actor.
+`UniformTimestep`, `LinearDecayTimestep`, and `PolicyTimestep`, the paper's REINFORCE actor, whose
+reward is itself a component (`repfusion_pl.rewards`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from repfusion_pl.rewards import TaskHeadReward, TimestepReward
 
 
 @dataclass
@@ -141,32 +143,25 @@ class LinearDecayTimestep(TimestepSampler):
         return self._uniform(images, self.max_t, generator)
 
 
-def task_head_loss(head: nn.Module, features: Tensor, labels: Tensor) -> Tensor:
-    """Per-image cross-entropy of a task head on globally pooled teacher features.
-
-    This is the reward signal of the timestep policy (reward = minus this, detached), shared by
-    `PolicyTimestep` and the gymnasium bandit environment so both score timesteps identically.
-    """
-    pooled = features.float().mean(dim=(2, 3)) if features.dim() == 4 else features.float()
-    return F.cross_entropy(head(pooled), labels, reduction="none")
-
-
 class PolicyTimestep(TimestepSampler):
     """The paper's actor: a small CNN policy pi(t | x) over all T timesteps, trained by REINFORCE.
 
-    A task head (3-layer MLP) on the pooled teacher feature is trained with cross-entropy on the
-    labels; the reward for each sampled t is minus that head's loss on that image. The policy loss
-    is ``-mean(log pi(t|x) * (reward - baseline))`` plus an entropy bonus ``-beta * H(pi)`` whose
-    weight falls linearly from ``entropy_weight`` to 0 at ``entropy_end_epoch``.
+    Each image's drawn t is scored by the ``reward`` component from the teacher's features at t
+    (default: the paper's `TaskHeadReward`, minus a task head's cross-entropy on the labels). The
+    policy loss is ``-mean(log pi(t|x) * (reward - baseline))`` plus an entropy bonus
+    ``-beta * H(pi)`` whose weight falls linearly from ``entropy_weight`` to 0 at
+    ``entropy_end_epoch``. The reward's own loss terms (e.g. the head's ``head_ce``) join the total.
 
     Args:
-        num_classes: Classes of the labels the task head predicts.
+        num_classes: Classes of the default task-head reward (leave out when ``reward`` is given).
+        reward: How a drawn timestep is scored; default `TaskHeadReward(num_classes, head_hidden)`.
+            For unlabelled data: `ContrastiveReward`.
         baseline: Reward baseline: ``"none"`` (the authors' choice), ``"batch_mean"``, or ``"ema"``.
         baseline_momentum: Weight of the old value in the ``"ema"`` baseline.
         entropy_weight: Entropy-bonus weight at epoch 0 (paper: 0.1).
         entropy_end_epoch: Epoch at which the bonus reaches 0 (paper: 100).
         policy_channels: Width of the policy CNN.
-        head_hidden: Hidden width of the task head.
+        head_hidden: Hidden width of the default task-head reward (default 256).
     """
 
     baseline_value: Tensor
@@ -174,28 +169,44 @@ class PolicyTimestep(TimestepSampler):
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
+        reward: TimestepReward | None = None,
         baseline: Literal["none", "batch_mean", "ema"] = "none",
         baseline_momentum: float = 0.9,
         entropy_weight: float = 0.1,
         entropy_end_epoch: int = 100,
         policy_channels: int = 32,
-        head_hidden: int = 256,
+        head_hidden: int | None = None,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"PolicyTimestep.num_classes must be >= 2, got {num_classes}")
-        self.num_classes = num_classes
+        self.reward = self._default_reward(reward, num_classes, head_hidden)
         self.baseline = baseline
         self.baseline_momentum = baseline_momentum
         self.entropy_weight = entropy_weight
         self.entropy_end_epoch = max(1, entropy_end_epoch)
         self.policy_channels = policy_channels
-        self.head_hidden = head_hidden
         self.register_buffer("baseline_value", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
         self.policy: nn.Module | None = None
-        self.head: nn.Module | None = None
+
+    @staticmethod
+    def _default_reward(
+        reward: TimestepReward | None, num_classes: int | None, head_hidden: int | None
+    ) -> TimestepReward:
+        if reward is not None:
+            if num_classes is not None or head_hidden is not None:
+                raise ValueError(
+                    "PolicyTimestep's num_classes and head_hidden configure its default TaskHeadReward; "
+                    f"with reward {type(reward).__name__} set them on the reward instead (in YAML over a "
+                    "config that sets them: num_classes: null)"
+                )
+            return reward
+        if num_classes is None:
+            raise ValueError(
+                "PolicyTimestep needs a reward: give num_classes for the paper's task-head reward, or "
+                "`reward: {class_path: repfusion_pl.ContrastiveReward}` for data without labels"
+            )
+        return TaskHeadReward(num_classes, 256 if head_hidden is None else head_hidden)
 
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         super().build(num_train_timesteps, feature_channels, image_channels)
@@ -215,14 +226,7 @@ class PolicyTimestep(TimestepSampler):
             nn.Flatten(),
             last,
         )
-        hidden = self.head_hidden
-        self.head = nn.Sequential(
-            nn.Linear(feature_channels, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, self.num_classes),
-        )
+        self.reward.build(feature_channels)
 
     @property
     def current_entropy_weight(self) -> float:
@@ -258,8 +262,8 @@ class PolicyTimestep(TimestepSampler):
     def reinforce(self, draw: TimestepDraw, reward: Tensor) -> SamplerOutput:
         """REINFORCE loss and entropy bonus for drawn timesteps and their (detached) rewards.
 
-        The update itself, separate from where rewards come from: distillation passes minus the
-        task head's loss, the bandit environments of `repfusion_pl.rl` pass theirs.
+        The update itself, separate from where rewards come from: distillation passes its reward
+        component's scores, the bandit environments of `repfusion_pl.rl` pass theirs.
         """
         if draw.log_prob is None or draw.entropy is None:
             raise ValueError("reinforce needs a draw from this policy (with log_prob and entropy)")
@@ -275,15 +279,9 @@ class PolicyTimestep(TimestepSampler):
         return SamplerOutput(losses, logs)
 
     def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
-        if labels is None:
-            raise ValueError("PolicyTimestep needs labels: its reward is the task head's loss on them")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(
-                f"label {int(labels.max() if labels.max() >= self.num_classes else labels.min())} is outside "
-                f"0..{self.num_classes - 1}; set PolicyTimestep.num_classes to the dataset's class count"
-            )
-        assert self.head is not None
-        head_ce = task_head_loss(self.head, features.detach(), labels)
-        out = self.reinforce(draw, -head_ce.detach())
-        out.losses["head_ce"] = head_ce.mean()
+        # The reward sees detached features: its own terms train only the reward's parameters.
+        scored = self.reward(features.detach(), labels)
+        out = self.reinforce(draw, scored.reward.detach())
+        out.losses.update(scored.losses)
+        out.logs.update(scored.logs)
         return out

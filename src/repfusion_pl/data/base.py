@@ -6,7 +6,9 @@ Batch contract, for every data module: ``(images, target)`` pairs, where ``image
 * class labels, long ``(N,)`` (classification);
 * a class mask, long ``(N, H, W)``, with `IGNORE_INDEX` for unlabelled pixels (segmentation);
 * keypoints, float ``(N, K, 2)`` as ``(x, y)`` pixel-centre coordinates in the returned image
-  (``x = j`` is the centre of column ``j``; landmarks).
+  (``x = j`` is the centre of column ``j``; landmarks);
+
+or the images alone, from data modules set to ``labels: false`` (label-free distillation).
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ from torchvision.transforms.v2 import functional as F
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.files import DatasetLayout, read_image
 from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
-from repfusion_pl.data.transforms import HorizontalFlipWithClassSwap, JointDataset, build_pipeline
+from repfusion_pl.data.transforms import (
+    DenseAugmentation,
+    HorizontalFlipWithClassSwap,
+    JointDataset,
+    build_pipeline,
+)
 
 PARTS = (
     "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
@@ -229,6 +234,8 @@ class CelebAMaskHQDataModule(BaseDataModule):
         seed: Seed of the split when there is no mapping file.
         val_fraction: Share of faces for validation without the mapping file.
         test_fraction: Share of faces for testing without the mapping file.
+        augmentation: The random geometry and colour of training samples (`DenseAugmentation`;
+            default: a small affine and the swapping flip).
 
     Raises:
         DatasetLayoutError: At construction when ``root`` lacks the image or mask folder, and at
@@ -250,10 +257,12 @@ class CelebAMaskHQDataModule(BaseDataModule):
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        augmentation: DenseAugmentation | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction, test_fraction)
         self.save_hyperparameters()
+        self.augmentation = augmentation or DenseAugmentation()
         self.root = check_root(root)
         self.image_size, self.augment, self.seed = image_size, augment, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -263,7 +272,9 @@ class CelebAMaskHQDataModule(BaseDataModule):
             return
         ids, masks = index_faces(self.root)
         parts = split_ids(self.root, ids, self.val_fraction, self.test_fraction, self.seed)
-        train = build_pipeline(self.augment, HorizontalFlipWithClassSwap(CLASS_FLIP_INDEX))
+        train = build_pipeline(
+            self.augment, HorizontalFlipWithClassSwap(CLASS_FLIP_INDEX), self.augmentation, self.image_size
+        )
         for name, split in parts.items():
             transform = train if name == "train" else None
             self.splits[name] = CelebAMaskHQDataset(self.root, split, masks, self.image_size, transform)

@@ -65,7 +65,8 @@ class CIFAR10DataModule(BaseDataModule):
         root: The folder holding ``cifar-10-batches-py/``, or that folder itself.
         batch_size: Batch size for every split.
         num_workers: DataLoader worker processes.
-        val_size: Training images held out for validation.
+        val_size: Training images held out for validation; 0 trains on all 50,000 and validates on the
+            test set, as the authors did.
         labels_per_class: Keep only this many labelled training images per class; ``None`` keeps all.
         seed: Seed of the split and of the label subset.
         augment: Random 4 px shifts and horizontal flips of training images.
@@ -102,8 +103,10 @@ class CIFAR10DataModule(BaseDataModule):
             len(labels), (self.val_size, 0), generator, labels, self.labels_per_class
         )
         plain, augment = (image_transform(32, flag, resize=False) for flag in (False, self.augment))
+        test = TensorImageDataset(*read_cifar10(self.root, train=False), plain)
+        val = TensorImageDataset(images[val_idx], labels[val_idx], plain) if self.val_size else test
         self.splits = {
             "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),
-            "val": TensorImageDataset(images[val_idx], labels[val_idx], plain),
-            "test": TensorImageDataset(*read_cifar10(self.root, train=False), plain),
+            "val": val,
+            "test": test,
         }

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.labelled_images import TensorImageDataset
-from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
+from repfusion_pl.data.splits import check_fractions, check_labelled, held_out_counts, seeded_split
 
 
 def load_digits_tensors(image_size: int) -> tuple[Tensor, Tensor]:
@@ -39,6 +39,8 @@ class DigitsDataModule(BaseDataModule):
         shift: Maximum random translation in pixels for training images.
         seed: Seed of the split and of the label subset.
         num_workers: DataLoader workers (0 is fastest for this in-memory data).
+        labels: ``False``: batches are images alone (the same images and split), for label-free
+            distillation (e.g. `repfusion_pl.ContrastiveReward`).
     """
 
     num_classes = 10
@@ -54,13 +56,15 @@ class DigitsDataModule(BaseDataModule):
         shift: int = 1,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction, test_fraction, labels_per_class)
+        check_labelled(labels, labels_per_class)
         self.save_hyperparameters()
         self.image_size, self.seed = image_size, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.labels_per_class, self.shift = labels_per_class, shift
+        self.labels_per_class, self.shift, self.labels = labels_per_class, shift, labels
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -72,8 +76,10 @@ class DigitsDataModule(BaseDataModule):
             len(labels), held_out, generator, labels, self.labels_per_class
         )
         augment = v2.RandomCrop(self.image_size, padding=self.shift) if self.shift > 0 else None
+        parts = {"train": train_idx, "val": val_idx, "test": test_idx}
         self.splits = {
-            "train": TensorImageDataset(images[train_idx], labels[train_idx], augment),
-            "val": TensorImageDataset(images[val_idx], labels[val_idx]),
-            "test": TensorImageDataset(images[test_idx], labels[test_idx]),
+            name: TensorImageDataset(
+                images[idx], labels[idx] if self.labels else None, augment if name == "train" else None
+            )
+            for name, idx in parts.items()
         }

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.files import DatasetLayout
 from repfusion_pl.data.labelled_images import TensorImageDataset
-from repfusion_pl.data.splits import check_fractions, seeded_split
+from repfusion_pl.data.splits import check_fractions, check_labelled, seeded_split
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FALLBACK_ROOT = Path("data/fashion-mnist")
@@ -183,6 +183,8 @@ class FashionMNISTDataModule(BaseDataModule):
         download: Fetch the files with torchvision into ``root`` when they are missing.
         seed: Seed of the subsets, the split and the label subset.
         num_workers: DataLoader workers.
+        labels: ``False``: batches are images alone (the same images and split), for label-free
+            distillation (e.g. `repfusion_pl.ContrastiveReward`).
     """
 
     num_classes = 10
@@ -202,9 +204,11 @@ class FashionMNISTDataModule(BaseDataModule):
         download: bool = False,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(labels_per_class=labels_per_class)
+        check_labelled(labels, labels_per_class)
         for name, value in (("num_train", num_train), ("num_test", num_test)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
@@ -217,7 +221,7 @@ class FashionMNISTDataModule(BaseDataModule):
             num_test,
         )
         self.labels_per_class, self.flip, self.shift = labels_per_class, flip, shift
-        self.download, self.seed = download, seed
+        self.download, self.seed, self.labels = download, seed, labels
 
     def prepare_data(self) -> None:
         if self.download and any(
@@ -244,7 +248,9 @@ class FashionMNISTDataModule(BaseDataModule):
         train = v2.Compose(augment) if augment else None
         self.splits = {
             name: TensorImageDataset(
-                resize_images(images, self.image_size), labels, train if name == "train" else None
+                resize_images(images, self.image_size),
+                labels if self.labels else None,
+                train if name == "train" else None,
             )
             for name, (images, labels) in parts.items()
         }

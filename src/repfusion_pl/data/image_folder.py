@@ -1,9 +1,10 @@
-"""Any ``<class>/<image>`` folder tree, flat or already split into ``train/``, ``val/`` and ``test/``."""
+"""Any ``<class>/<image>`` folder tree (flat, or split into ``train/``, ``val/``, ``test/``), or images."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.files import DatasetLayout
@@ -13,8 +14,9 @@ from repfusion_pl.data.labelled_images import (
     class_images,
     image_file_splits,
     split_samples,
+    unlabelled_images,
 )
-from repfusion_pl.data.splits import check_fractions
+from repfusion_pl.data.splits import check_fractions, check_labelled
 
 LAYOUT = DatasetLayout(
     "Image folder dataset",
@@ -30,6 +32,8 @@ LAYOUT = DatasetLayout(
     test/                    (optional)
         <class>/
             <image>.jpg
+  (with labels: false, any folder of images: <image>.jpg anywhere below <root>/, or below its
+   train/, val/ and test/ folders)
 """,
 )
 
@@ -48,12 +52,25 @@ def read_classes(root: Path, folder: Path) -> list[str]:
     """The sorted class folder names of ``folder`` (hidden folders are not classes).
 
     Raises:
-        MalformedDatasetError: When there are none.
+        MalformedDatasetError: When there are none (with the fix for a folder of unlabelled images).
     """
     classes = class_folders(folder)
     if not classes:
-        raise LAYOUT.error(root, f"no class folders in {folder}")
+        hint = "; for a folder of unlabelled images set labels: false" if unlabelled_images(folder) else ""
+        raise LAYOUT.error(root, f"no class folders in {folder}{hint}")
     return classes
+
+
+def read_unlabelled(root: Path, folder: Path) -> Samples:
+    """Every image below ``folder`` (label -1).
+
+    Raises:
+        MalformedDatasetError: When there is none.
+    """
+    samples = unlabelled_images(folder)
+    if not samples:
+        raise LAYOUT.error(root, f"no images below {folder}")
+    return samples
 
 
 def read_split(root: Path, folder: Path, classes: list[str], every_class: bool = False) -> Samples:
@@ -94,8 +111,12 @@ class ImageFolderDataModule(BaseDataModule):
         test_fraction: Share of the images held out for testing (flat layout).
         labels_per_class: Keep only this many labelled training images per class; ``None`` keeps all.
         seed: Seed of the split and of the label subset.
-        augment: Random shifts of up to 1/8 of the side and horizontal flips of training images.
+        augment: Random crops and horizontal flips of training images.
+        crop: How training images are cropped: ``pad`` (a random shift of up to 1/8 of the side) or
+            ``resized`` (``RandomResizedCrop``, the authors' Tiny-ImageNet and CelebA-HQ recipes).
         grayscale: Decode to one channel (``in_channels`` becomes 1) instead of RGB.
+        labels: ``False``: a folder of unlabelled images (no class folders needed); batches are images
+            alone, for label-free distillation (e.g. `repfusion_pl.ContrastiveReward`).
     """
 
     in_channels = 3
@@ -112,21 +133,30 @@ class ImageFolderDataModule(BaseDataModule):
         seed: int = 0,
         augment: bool = True,
         grayscale: bool = False,
+        labels: bool = True,
+        crop: Literal["pad", "resized"] = "pad",
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction, test_fraction, labels_per_class)
+        check_labelled(labels, labels_per_class)
         self.save_hyperparameters()
         self.root = LAYOUT.check(root)
         self.in_channels = 1 if grayscale else 3
+        self.labels = labels
         folders = split_folders(self.root)
-        self.classes = read_classes(self.root, folders["train"])
-        self.num_classes = len(self.classes)
-        self.samples = {
-            name: read_split(self.root, folder, self.classes, every_class=name == "train")
-            for name, folder in folders.items()
-        }
+        if labels:
+            self.classes = read_classes(self.root, folders["train"])
+            self.num_classes: int | None = len(self.classes)
+            self.samples = {
+                name: read_split(self.root, folder, self.classes, every_class=name == "train")
+                for name, folder in folders.items()
+            }
+        else:
+            self.classes, self.num_classes = [], None
+            self.samples = {name: read_unlabelled(self.root, folder) for name, folder in folders.items()}
         self.image_size, self.val_fraction, self.test_fraction = image_size, val_fraction, test_fraction
         self.labels_per_class, self.seed, self.augment = labels_per_class, seed, augment
+        self.crop = crop
         self.grayscale = grayscale
 
     def setup(self, stage: str | None = None) -> None:
@@ -140,4 +170,6 @@ class ImageFolderDataModule(BaseDataModule):
             val = self.samples["val"]
             test = self.samples.get("test", val)
         parts = {"train": train, "val": val, "test": test}
-        self.splits = image_file_splits(parts, self.image_size, self.augment, self.grayscale)
+        self.splits = image_file_splits(
+            parts, self.image_size, self.augment, self.grayscale, self.labels, self.crop
+        )

@@ -1,12 +1,13 @@
-"""Labelled images for classification: in memory or as files, their transform, and seeded file splits.
+"""Images for classification and distillation: in memory or as files, their transform, seeded file splits.
 
 Batches follow the contract of `repfusion_pl.data.base`: float ``(N, C, H, W)`` images in [0, 1] and
-long ``(N,)`` labels.
+long ``(N,)`` labels, or the images alone when the data is used without labels.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -23,47 +24,67 @@ Samples = list[tuple[str, int]]
 
 
 class TensorImageDataset(Dataset):
-    """In-memory images and labels with an optional per-sample transform."""
+    """In-memory images, with labels or without (``labels=None``: samples are images alone)."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Transform | None = None) -> None:
+    def __init__(self, images: Tensor, labels: Tensor | None, transform: v2.Transform | None = None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
         image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
+        image = self.transform(image) if self.transform else image
+        return image if self.labels is None else (image, self.labels[index])
 
 
 class ImageFileDataset(Dataset):
-    """Labelled image files, decoded on access (large datasets do not fit in memory decoded)."""
+    """Image files, decoded on access (large datasets do not fit in memory decoded).
 
-    def __init__(self, samples: Samples, transform: v2.Transform, grayscale: bool = False) -> None:
+    Args:
+        samples: ``(path, label)`` pairs.
+        transform: Uint8 image -> float tensor (`image_transform`).
+        grayscale: Decode to one channel.
+        labelled: Return ``(image, label)``; ``False`` returns images alone (labels ignored).
+    """
+
+    def __init__(
+        self, samples: Samples, transform: v2.Transform, grayscale: bool = False, labelled: bool = True
+    ) -> None:
         # Strings, not Paths: workers read the list without touching thousands of Python objects.
         self.paths = [str(path) for path, _ in samples]
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self.transform = transform
         self.mode = ImageReadMode.GRAY if grayscale else ImageReadMode.RGB
+        self.labelled = labelled
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.transform(read_image(self.paths[index], self.mode)), self.labels[index]
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
+        image = self.transform(read_image(self.paths[index], self.mode))
+        return (image, self.labels[index]) if self.labelled else image
 
 
-def image_transform(image_size: int, augment: bool, resize: bool = True) -> v2.Compose:
+def image_transform(
+    image_size: int, augment: bool, resize: bool = True, crop: Literal["pad", "resized"] = "pad"
+) -> v2.Compose:
     """Uint8 image tensor -> float ``(C, S, S)`` tensor in [0, 1], augmented if ``augment``.
 
-    Augmentation is a random shift of up to 1/8 of the side (CIFAR's 4 px at 32 px, Tiny-ImageNet's
-    8 px at 64 px) and a horizontal flip.
+    Augmentation is a horizontal flip after either a random shift of up to 1/8 of the side (``pad``:
+    CIFAR's 4 px at 32 px, Tiny-ImageNet's 8 px at 64 px) or a ``RandomResizedCrop`` to S with its
+    default scale (0.08, 1) and ratio (3/4, 4/3) (``resized``, the authors' Tiny-ImageNet and
+    CelebA-HQ recipes), which replaces the resize of training images.
     """
     steps: list[v2.Transform] = [v2.ToImage()]
-    if resize:
+    if augment and crop == "resized":
+        steps.append(v2.RandomResizedCrop(image_size, antialias=True))
+    elif resize:
         steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    if augment and crop == "pad":
+        steps.append(v2.RandomCrop(image_size, padding=image_size // 8))
     if augment:
-        steps += [v2.RandomCrop(image_size, padding=image_size // 8), v2.RandomHorizontalFlip()]
+        steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(steps)
 
@@ -110,11 +131,26 @@ def split_samples(
 
 
 def image_file_splits(
-    splits: dict[str, Samples], image_size: int, augment: bool, grayscale: bool = False
+    splits: dict[str, Samples],
+    image_size: int,
+    augment: bool,
+    grayscale: bool = False,
+    labelled: bool = True,
+    crop: Literal["pad", "resized"] = "pad",
 ) -> dict[str, Dataset]:
-    """A dataset per split of labelled files, resized to ``image_size``; ``train`` augmented if asked."""
-    train, plain = (image_transform(image_size, flag) for flag in (augment, False))
+    """A dataset per split of files, resized to ``image_size``; ``train`` augmented if asked."""
+    train, plain = (image_transform(image_size, flag, crop=crop) for flag in (augment, False))
     return {
-        name: ImageFileDataset(samples, train if name == "train" else plain, grayscale)
+        name: ImageFileDataset(samples, train if name == "train" else plain, grayscale, labelled)
         for name, samples in splits.items()
     }
+
+
+def unlabelled_images(folder: Path) -> Samples:
+    """Every image file below ``folder`` (sub-folders included, hidden ones not), sorted, label ``-1``."""
+    paths = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not _hidden(path.relative_to(folder))
+    )
+    return [(str(path), -1) for path in paths]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.transforms import (
+    DenseAugmentation,
     HorizontalFlipWithLandmarkSwap,
     JointDataset,
     TargetKind,
@@ -157,6 +158,8 @@ class ShapesDataModule(BaseDataModule):
         seed: Seed of the generated images; the same seed gives the same data.
         augment: Random affine and flip on training samples.
         num_workers: DataLoader workers (0 is fastest for this in-memory data).
+        augmentation: The random geometry and colour of training samples (`DenseAugmentation`;
+            default: a small affine and the swapping flip).
     """
 
     num_classes = len(CLASS_NAMES)
@@ -178,6 +181,7 @@ class ShapesDataModule(BaseDataModule):
         seed: int = 0,
         augment: bool = True,
         num_workers: int = 0,
+        augmentation: DenseAugmentation | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         if target not in ("mask", "keypoints"):
@@ -187,6 +191,7 @@ class ShapesDataModule(BaseDataModule):
         if num_train < 1 or num_val < 0 or num_test < 0:
             raise ValueError("num_train must be positive and num_val, num_test non-negative")
         self.save_hyperparameters()
+        self.augmentation = augmentation or DenseAugmentation()
         self.target: TargetKind = target
         self.image_size, self.seed, self.augment = image_size, seed, augment
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
@@ -197,7 +202,9 @@ class ShapesDataModule(BaseDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         images, masks, keypoints = generate_shapes(sum(self.sizes.values()), self.image_size, generator)
         targets = masks if self.target == "mask" else keypoints
-        train = build_pipeline(self.augment, HorizontalFlipWithLandmarkSwap(self.flip_index))
+        train = build_pipeline(
+            self.augment, HorizontalFlipWithLandmarkSwap(self.flip_index), self.augmentation, self.image_size
+        )
         start = 0
         for split, size in self.sizes.items():
             part = slice(start, start + size)

@@ -16,6 +16,12 @@ def check_fractions(
         raise ValueError(f"labels_per_class must be at least 1 or None, got {labels_per_class}")
 
 
+def check_labelled(labels: bool, labels_per_class: int | None) -> None:
+    """Refuse ``labels_per_class`` on data used without labels."""
+    if labels_per_class is not None and not labels:
+        raise ValueError("labels_per_class needs labels: remove it, or set labels: true")
+
+
 def held_out_counts(count: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int]:
     """The ``(val, test)`` image counts that fractions of ``count`` images hold out (rounded down)."""
     return int(count * val_fraction), int(count * test_fraction)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.files import DatasetLayout
@@ -85,10 +86,13 @@ class TinyImageNetDataModule(BaseDataModule):
         root: The ``tiny-imagenet-200`` folder.
         batch_size: Batch size for every split.
         num_workers: DataLoader worker processes decoding the JPEGs.
-        val_fraction: Share of the training images held out for validation.
+        val_fraction: Share of the training images held out for validation; 0 trains on all of them
+            and validates on the official val images (the test split), as the authors did.
         labels_per_class: Keep only this many labelled training images per class; ``None`` keeps all.
         seed: Seed of the split and of the label subset.
-        augment: Random shifts of up to 1/8 of the side (8 px at 64 px) and horizontal flips in training.
+        augment: Random crops and horizontal flips of training images.
+        crop: How training images are cropped: ``pad`` (a random shift of up to 1/8 of the side) or
+            ``resized`` (``RandomResizedCrop``, the authors' Tiny-ImageNet and CelebA-HQ recipes).
         image_size: Side the 64 px images are resized to.
     """
 
@@ -104,6 +108,7 @@ class TinyImageNetDataModule(BaseDataModule):
         seed: int = 0,
         augment: bool = True,
         image_size: int = 64,
+        crop: Literal["pad", "resized"] = "pad",
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction, labels_per_class=labels_per_class)
@@ -114,7 +119,7 @@ class TinyImageNetDataModule(BaseDataModule):
         self.train_samples = read_train(self.root, self.wnids)
         self.test_samples = read_val(self.root, self.wnids)
         self.val_fraction, self.labels_per_class, self.seed = val_fraction, labels_per_class, seed
-        self.augment, self.image_size = augment, image_size
+        self.augment, self.image_size, self.crop = augment, image_size, crop
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -122,5 +127,5 @@ class TinyImageNetDataModule(BaseDataModule):
         train, val, _ = split_samples(
             self.train_samples, (self.val_fraction, 0.0), self.seed, self.labels_per_class
         )
-        parts = {"train": train, "val": val, "test": self.test_samples}
-        self.splits = image_file_splits(parts, self.image_size, self.augment)
+        parts = {"train": train, "val": val or self.test_samples, "test": self.test_samples}
+        self.splits = image_file_splits(parts, self.image_size, self.augment, crop=self.crop)

@@ -16,6 +16,7 @@ the flips here are hand-written with the continuous ``x -> W - x``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -124,37 +125,91 @@ class HorizontalFlipWithClassSwap(_SwappingHorizontalFlip):
         return tv_tensors.wrap(relabelled, like=mask)
 
 
+@dataclass(frozen=True)
+class DenseAugmentation:
+    """The random geometry and colour of training samples that carry a mask or keypoints.
+
+    Applied in this order: scale jitter and crop, random affine, the data set's swapping flip,
+    photometric distortion. Pixels brought in from outside the image are black, and `IGNORE_INDEX`
+    in masks.
+
+    Args:
+        degrees: Maximum absolute rotation of the affine, in degrees (uniform).
+        translate: Maximum shift of the affine, as a fraction of the side.
+        scale: Range of the affine's random zoom (uniform).
+        flip: Mirror half of the samples (with the data set's left/right relabelling).
+        resize_range: ``(low, high)``: first resize the side S to a random side in ``[low*S, high*S]``
+            (mmsegmentation's ratio-range scale jitter); ``None``: no jitter.
+        crop_size: Then a random ``crop_size`` square crop, padded where the image is smaller.
+        photometric: Brightness, contrast, saturation and hue jitter, each with probability 0.5
+            (the ranges of mmsegmentation's ``PhotoMetricDistortion``, in torchvision's terms).
+    """
+
+    degrees: float = 10.0
+    translate: float = 0.05
+    scale: tuple[float, float] = (0.9, 1.1)
+    flip: bool = True
+    resize_range: tuple[float, float] | None = None
+    crop_size: int | None = None
+    photometric: bool = False
+
+    def geometry(self, image_size: int) -> list[v2.Transform]:
+        """Scale jitter, crop and affine for images of side ``image_size``."""
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+        steps: list[v2.Transform] = []
+        if self.resize_range is not None:
+            low, high = self.resize_range
+            steps.append(
+                v2.RandomResize(round(low * image_size), round(high * image_size) + 1, antialias=True)
+            )
+        if self.crop_size is not None:
+            steps.append(v2.RandomCrop(self.crop_size, pad_if_needed=True, fill=fill))
+        if self.degrees or self.translate or tuple(self.scale) != (1.0, 1.0):
+            steps.append(
+                v2.RandomAffine(
+                    degrees=self.degrees,
+                    translate=(self.translate, self.translate),
+                    scale=tuple(self.scale),
+                    interpolation=v2.InterpolationMode.BILINEAR,
+                    fill=fill,
+                )
+            )
+        return steps
+
+    def colour(self) -> list[v2.Transform]:
+        """The photometric distortion (images only; masks and keypoints pass through)."""
+        if not self.photometric:
+            return []
+        jitters = [
+            v2.ColorJitter(brightness=32 / 255),
+            v2.ColorJitter(contrast=(0.5, 1.5)),
+            v2.ColorJitter(saturation=(0.5, 1.5)),
+            v2.ColorJitter(hue=0.1),  # mmseg's 18 of OpenCV's 180 hue steps
+        ]
+        return [v2.RandomApply([jitter], p=0.5) for jitter in jitters]
+
+
 def build_pipeline(
     augment: bool,
     flip: v2.Transform | None = None,
-    degrees: float = 10.0,
-    translate: float = 0.05,
-    scale: tuple[float, float] = (0.9, 1.1),
+    augmentation: DenseAugmentation | None = None,
+    image_size: int = 0,
 ) -> v2.Compose:
-    """The per-sample pipeline: optional random affine and flip, then conversion to the batch dtypes.
-
-    Pixels that the affine brings in from outside the image are black, and `IGNORE_INDEX` in masks.
+    """The per-sample pipeline: random geometry, flip and colour if ``augment``, then the batch dtypes.
 
     Args:
-        augment: Apply the random geometry (training); ``False`` only converts dtypes (evaluation).
-        flip: A flip transform (e.g. `HorizontalFlipWithLandmarkSwap`) applied after the affine.
-        degrees: Maximum absolute rotation in degrees.
-        translate: Maximum shift as a fraction of the image side.
-        scale: Range of the random zoom factor.
+        augment: Apply the random transforms (training); ``False`` only converts dtypes (evaluation).
+        flip: The data set's flip transform (e.g. `HorizontalFlipWithLandmarkSwap`).
+        augmentation: What to apply; default `DenseAugmentation()`.
+        image_size: Side of the samples before augmentation (needed by ``resize_range``).
     """
+    augmentation = augmentation or DenseAugmentation()
     steps: list[v2.Transform] = []
     if augment:
-        steps.append(
-            v2.RandomAffine(
-                degrees=degrees,
-                translate=(translate, translate),
-                scale=scale,
-                interpolation=v2.InterpolationMode.BILINEAR,
-                fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
-            )
-        )
-        if flip is not None:
+        steps += augmentation.geometry(image_size)
+        if flip is not None and augmentation.flip:
             steps.append(flip)
+        steps += augmentation.colour()
     # Images to float in [0, 1]; masks to class ids; keypoints to float coordinates.
     dtypes = {
         tv_tensors.Image: torch.float32,

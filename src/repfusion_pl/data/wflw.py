@@ -21,6 +21,7 @@ from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.files import DatasetLayout, read_image
 from repfusion_pl.data.splits import check_fractions, held_out_counts, seeded_split
 from repfusion_pl.data.transforms import (
+    DenseAugmentation,
     HorizontalFlipWithLandmarkSwap,
     JointDataset,
     build_pipeline,
@@ -138,14 +139,19 @@ def parse_annotations(path: Path, root: Path) -> WFLWAnnotations:
 
 
 def read_splits(root: Path, val_fraction: float, seed: int) -> dict[str, WFLWAnnotations]:
-    """The official test faces, and a `seeded_split` of the training faces into ``train`` and ``val``."""
+    """The official test faces, and a `seeded_split` of the training faces into ``train`` and ``val``.
+
+    With ``val_fraction`` 0 every training face trains and the test faces validate.
+    """
     train_faces = parse_annotations(root / ANNOTATION_FILES["train"], root)
     test_faces = parse_annotations(root / ANNOTATION_FILES["test"], root)
     count = len(train_faces.images)
     train_idx, val_idx, _ = seeded_split(
         count, held_out_counts(count, val_fraction), torch.Generator().manual_seed(seed)
     )
-    return {"train": train_faces.subset(train_idx), "val": train_faces.subset(val_idx), "test": test_faces}
+    # No held-out share: validate on the official test faces, as the authors did.
+    val = train_faces.subset(val_idx) if len(val_idx) else test_faces
+    return {"train": train_faces.subset(train_idx), "val": val, "test": test_faces}
 
 
 def face_crop_box(box: Tensor, crop_scale: float) -> tuple[int, int, int]:
@@ -211,8 +217,10 @@ class WFLWDataModule(BaseDataModule):
         num_workers: DataLoader workers decoding the images.
         augment: Random affine and landmark-swapping flip on training samples.
         seed: Seed of the train/val split.
-        val_fraction: Share of the training faces held out for validation.
+        val_fraction: Share of the training faces held out for validation; 0 validates on the test faces.
         crop_scale: Crop side relative to the longer side of the face box.
+        augmentation: The random geometry and colour of training samples (`DenseAugmentation`;
+            default: a small affine and the swapping flip).
 
     Raises:
         DatasetLayoutError: At construction when ``root`` lacks the image folder or an annotation
@@ -235,12 +243,14 @@ class WFLWDataModule(BaseDataModule):
         seed: int = 0,
         val_fraction: float = 0.1,
         crop_scale: float = 1.25,
+        augmentation: DenseAugmentation | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_fractions(val_fraction)
         if crop_scale <= 0:
             raise ValueError(f"crop_scale must be positive, got {crop_scale}")
         self.save_hyperparameters()
+        self.augmentation = augmentation or DenseAugmentation()
         self.root = LAYOUT.check(root, REQUIRED)
         self.image_size, self.augment, self.seed = image_size, augment, seed
         self.val_fraction, self.crop_scale = val_fraction, crop_scale
@@ -249,7 +259,9 @@ class WFLWDataModule(BaseDataModule):
         if self.splits:
             return
         parts = read_splits(self.root, self.val_fraction, self.seed)
-        train = build_pipeline(self.augment, HorizontalFlipWithLandmarkSwap(WFLW_FLIP_INDEX))
+        train = build_pipeline(
+            self.augment, HorizontalFlipWithLandmarkSwap(WFLW_FLIP_INDEX), self.augmentation, self.image_size
+        )
         for name, faces in parts.items():
             transform = train if name == "train" else None
             self.splits[name] = WFLWDataset(self.root, faces, self.image_size, self.crop_scale, transform)

@@ -13,7 +13,7 @@ from torchmetrics import MetricCollection
 
 from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
-from repfusion_pl.optim import build_optimization
+from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.students import BackboneSpec
 from repfusion_pl.weights import BackboneWeights, load_backbone_weights, resolve_backbone
 
@@ -34,6 +34,7 @@ class BaseTask(LightningModule):
         freeze_backbone: Linear probe: the backbone's weights and BatchNorm statistics stay fixed.
         optimizer: Builds the optimiser from the trainable parameters; default AdamW(lr=1e-3).
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
+        schedule: The scheduler's interval (``epoch`` or ``step``) and a linear warm-up.
     """
 
     #: The backbone when neither ``backbone`` nor ``backbone_weights`` says which.
@@ -46,6 +47,7 @@ class BaseTask(LightningModule):
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        schedule: LRSchedule | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # live modules are dropped just below
@@ -58,6 +60,7 @@ class BaseTask(LightningModule):
         self.freeze_backbone = freeze_backbone
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.schedule = schedule or LRSchedule()
         self.configure_models()
         self.configure_losses()
         metrics = self.configure_metrics()
@@ -117,6 +120,11 @@ class BaseTask(LightningModule):
         return self
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+            raise TypeError(
+                f"{type(self).__name__} trains on (images, targets) batches, but the data module yields "
+                "images alone; set its labels: true (labels: false is for label-free distillation)"
+            )
         images, target = batch
         check_image_channels(images, self.in_channels, f"{type(self).__name__} (model.backbone.in_channels)")
         output = self(images)
@@ -138,9 +146,16 @@ class BaseTask(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def on_train_start(self) -> None:
+        # Here, once the training data is set up: asking for the run's length any earlier would set
+        # it up before a resume restores the random streams.
+        check_warmup_fits(self.schedule, self.trainer)
+
     def configure_optimizers(self) -> Any:
         def adamw(params: Any) -> torch.optim.Optimizer:
             return torch.optim.AdamW(params, lr=1e-3)
 
         params = [p for p in self.parameters() if p.requires_grad]
-        return build_optimization(params, self.optimizer_factory, self.lr_scheduler_factory, adamw)
+        return build_optimization(
+            params, self.optimizer_factory, self.lr_scheduler_factory, adamw, self.schedule
+        )

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from repfusion_pl.optim import LRSchedule
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
 
@@ -22,6 +23,7 @@ class ClassificationTask(BaseTask):
         freeze_backbone: Linear probe instead of a full fine-tune.
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
         lr_scheduler: Scheduler factory; default none.
+        schedule: The scheduler's interval and a linear warm-up; see `BaseTask`.
     """
 
     def __init__(
@@ -33,10 +35,11 @@ class ClassificationTask(BaseTask):
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        schedule: LRSchedule | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule)
 
     def configure_models(self) -> None:
         self.encoder = Student.from_spec(self.backbone_spec)

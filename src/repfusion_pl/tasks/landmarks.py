@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from repfusion_pl.metrics import NormalizedMeanError
+from repfusion_pl.optim import LRSchedule
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
+from repfusion_pl.tasks.heatmap_heads import ConcatHead, deconv_head, upsamplings_for
 
 
 def gaussian_heatmaps(keypoints: Tensor, size: tuple[int, int], stride: float, sigma: float) -> Tensor:
@@ -86,13 +88,16 @@ class LandmarkTask(BaseTask):
         flip_test: Average the heatmaps of the image and of its mirror at evaluation.
         image_size: Input side in pixels (to size the head).
         heatmap_stride: Image pixels per heatmap pixel (the paper: 256 px in, 64 px heatmaps = 4).
-        head_channels: Width of the deconvolution head.
+        head: ``deconv`` (SimpleBaseline deconvolutions on the last stage, for ResNets) or ``concat``
+            (HRNet: all branches resized and concatenated, then 1x1 convolutions).
+        head_channels: Width of the deconvolution head (the authors' ResNet-50: 256).
         sigma: Target Gaussian standard deviation in heatmap pixels.
         backbone: Architecture, stem and input channels; default the distilled student's. See `BaseTask`.
         backbone_weights: Distillation checkpoint or exported file; see `BaseTask`.
         freeze_backbone: Keep the backbone fixed.
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
         lr_scheduler: Scheduler factory; default none.
+        schedule: The scheduler's interval and a linear warm-up; see `BaseTask`.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class LandmarkTask(BaseTask):
         flip_test: bool = False,
         image_size: int = 256,
         heatmap_stride: int = 4,
+        head: Literal["deconv", "concat"] = "deconv",
         head_channels: int = 128,
         sigma: float = 1.5,
         backbone: BackboneSpec | None = None,
@@ -110,6 +116,7 @@ class LandmarkTask(BaseTask):
         freeze_backbone: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        schedule: LRSchedule | None = None,
     ) -> None:
         if flip_test and flip_index is None:
             raise ValueError("flip_test needs flip_index (the left/right permutation of the keypoints)")
@@ -118,30 +125,30 @@ class LandmarkTask(BaseTask):
         self.num_keypoints, self.normalisation_index = num_keypoints, tuple(normalisation_index)
         self.flip_index, self.flip_test = list(flip_index) if flip_index else None, flip_test
         self.image_size, self.heatmap_stride, self.head_channels = image_size, heatmap_stride, head_channels
+        self.head_type = head
         self.sigma = sigma
-        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler)
+        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule)
 
     def configure_models(self) -> None:
         self.encoder = Student.from_spec(self.backbone_spec)
-        channels, height, _ = self.encoder.feature_shapes(self.image_size)[self.encoder.taps[-1]]
-        backbone_stride = self.image_size / height
-        upsamplings = round(math.log2(backbone_stride / self.heatmap_stride))
-        if upsamplings < 0 or 2**upsamplings * self.heatmap_stride != backbone_stride:
+        tap = self.encoder.taps[-1]
+        feature = self.encoder.feature_maps(self.image_size)[tap]
+        arch = self.backbone_spec.arch
+        if self.head_type == "concat":
+            if isinstance(feature, Tensor):
+                raise ValueError(
+                    f"head: concat joins a multi-branch backbone's maps (timm HRNets), but {arch}'s tap "
+                    f"{tap!r} gives one map; use head: deconv"
+                )
+            self.head: nn.Module = ConcatHead([m.shape[1] for m in feature], self.num_keypoints)
+            return
+        if not isinstance(feature, Tensor):
             raise ValueError(
-                f"the backbone's output stride is {backbone_stride:g} at {self.image_size} px; "
-                f"heatmap_stride must divide it by a power of two (e.g. {backbone_stride:g}, "
-                f"{backbone_stride / 2:g}, ...)"
+                f"{arch}'s tap {tap!r} gives {len(feature)} maps (an HRNet stage): use head: concat"
             )
-        layers: list[nn.Module] = []
-        for _ in range(upsamplings):
-            layers += [
-                nn.ConvTranspose2d(channels, self.head_channels, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(self.head_channels),
-                nn.ReLU(inplace=True),
-            ]
-            channels = self.head_channels
-        layers.append(nn.Conv2d(channels, self.num_keypoints, kernel_size=1))
-        self.head = nn.Sequential(*layers)
+        stride = self.image_size / feature.shape[-2]
+        ups = upsamplings_for(stride, self.heatmap_stride, self.image_size)
+        self.head = deconv_head(feature.shape[1], self.num_keypoints, ups, self.head_channels)
 
     def configure_metrics(self) -> MetricCollection:
         return MetricCollection({"nme": NormalizedMeanError(self.normalisation_index)})  # type: ignore[arg-type]

@@ -1,0 +1,198 @@
+"""What the timestep policy is rewarded with: a component of `PolicyTimestep`, chosen in YAML.
+
+A reward looks at the teacher's features at the timestep drawn for each image and says how good
+that timestep was, per image (higher is better). It may train parameters of its own (a task head,
+a projection) through the loss terms it returns; those see detached teacher features only.
+
+* `TaskHeadReward` (the paper's, needs labels): minus the cross-entropy of a 3-layer MLP head.
+* `LeastSquaresReward` (the authors' variant, needs labels, no parameters): minus each image's
+  residual of a ridge fit of the batch's features onto its one-hot labels.
+* `ContrastiveReward` (the authors' "common" policy, no labels): minus each image's InfoNCE against
+  the rest of the batch, each image its own class: the timestep at which the images are most
+  distinguishable.
+
+Write your own by subclassing `TimestepReward` and implementing `forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class RewardOutput:
+    """Per-image rewards (detached, higher is better), loss terms that train the reward, and logs."""
+
+    reward: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+def pooled(features: Tensor) -> Tensor:
+    """``(N, C, h, w)`` maps averaged to ``(N, C)`` vectors (vectors pass through), in float32."""
+    return features.float().mean(dim=(2, 3)) if features.dim() == 4 else features.float()
+
+
+def task_head_loss(head: nn.Module, features: Tensor, labels: Tensor) -> Tensor:
+    """Per-image cross-entropy of a task head on globally pooled teacher features."""
+    return F.cross_entropy(head(pooled(features)), labels, reduction="none")
+
+
+def check_labels(labels: Tensor | None, num_classes: int, owner: str) -> Tensor:
+    """The labels of a batch, or one clear error when there are none or they exceed ``num_classes``."""
+    if labels is None:
+        raise ValueError(
+            f"{owner} needs labels, but the batch has none (an unlabelled data module). For label-free "
+            "distillation choose the reward that needs none: "
+            "`reward: {class_path: repfusion_pl.ContrastiveReward}` in PolicyTimestep."
+        )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        bad = int(labels.max() if labels.max() >= num_classes else labels.min())
+        raise ValueError(
+            f"label {bad} is outside 0..{num_classes - 1}; set {owner}'s num_classes to the dataset's "
+            "class count"
+        )
+    return labels
+
+
+class TimestepReward(nn.Module):
+    """Base class of rewards: implement `forward`; override `build` to create parameters.
+
+    Attributes:
+        needs_labels: Whether `forward` uses the labels (a batch without them is then refused).
+    """
+
+    needs_labels: bool = False
+
+    def build(self, feature_channels: int) -> None:
+        """Create parameters once the teacher's feature width is known (called by `PolicyTimestep`)."""
+
+    def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
+        """Score the drawn timesteps.
+
+        Args:
+            features: ``(N, C, h, w)`` detached teacher features at each image's drawn timestep.
+            labels: ``(N,)`` class labels, or ``None`` for unlabelled batches.
+
+        Returns:
+            `RewardOutput` with ``reward`` of shape ``(N,)``.
+        """
+        raise NotImplementedError
+
+
+class TaskHeadReward(TimestepReward):
+    """The paper's reward: minus the cross-entropy of a task head (3-layer MLP) on pooled features.
+
+    The head is trained by its own cross-entropy (logged as ``head_ce``).
+
+    Args:
+        num_classes: Classes of the labels.
+        hidden: Hidden width of the head (the authors: 256 for CIFAR-10, 384 for Tiny-ImageNet).
+    """
+
+    needs_labels = True
+
+    def __init__(self, num_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"TaskHeadReward.num_classes must be >= 2, got {num_classes}")
+        self.num_classes, self.hidden = num_classes, hidden
+        self.head: nn.Module | None = None
+
+    def build(self, feature_channels: int) -> None:
+        self.head = nn.Sequential(
+            nn.Linear(feature_channels, self.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.num_classes),
+        )
+
+    def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
+        labels = check_labels(labels, self.num_classes, "TaskHeadReward")
+        assert self.head is not None, "build() first"
+        head_ce = task_head_loss(self.head, features, labels)
+        return RewardOutput(-head_ce.detach(), losses={"head_ce": head_ce.mean()})
+
+
+class LeastSquaresReward(TimestepReward):
+    """Minus each image's squared residual of a ridge fit of the batch's pooled features on its labels.
+
+    Per batch, ``W = argmin ||[X 1] W - Y||^2 + strength * s * ||W||^2`` (the bias not penalised,
+    ``s`` the mean squared feature, so the strength is scale-free); image ``i`` scores
+    ``-||y_i - [x_i 1] W||^2``. No parameters. The authors' variant took ``torch.linalg.lstsq``
+    residuals, which are per class, not per image, and vanish when the batch is smaller than the
+    feature width; the ridge keeps the fit meaningful there.
+
+    Args:
+        num_classes: Classes of the labels.
+        strength: Ridge strength relative to the mean squared feature (0: plain least squares).
+    """
+
+    needs_labels = True
+
+    def __init__(self, num_classes: int, strength: float = 0.1) -> None:
+        super().__init__()
+        if strength < 0:
+            raise ValueError(f"LeastSquaresReward.strength must be >= 0, got {strength}")
+        self.num_classes, self.strength = num_classes, strength
+
+    def residuals(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Per-image squared residuals ``(N,)`` of the in-batch ridge fit."""
+        x = pooled(features).double()
+        design = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+        targets = F.one_hot(labels, self.num_classes).double()
+        gram = design.T @ design
+        penalty = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        penalty[-1, -1] = 0  # the bias
+        scale = (x**2).mean().clamp(min=1e-12)
+        weights = torch.linalg.lstsq(gram + self.strength * scale * penalty, design.T @ targets).solution
+        return ((targets - design @ weights) ** 2).sum(dim=1).float()
+
+    def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
+        labels = check_labels(labels, self.num_classes, "LeastSquaresReward")
+        residuals = self.residuals(features, labels)
+        return RewardOutput(-residuals.detach(), logs={"lsq_residual": residuals.mean().detach()})
+
+
+def info_nce(embeddings: Tensor, temperature: float) -> Tensor:
+    """Per-image InfoNCE of L2-normalised embeddings against the batch, each image its own class."""
+    z = F.normalize(embeddings, dim=1)
+    logits = z @ z.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(z), device=z.device), reduction="none")
+
+
+class ContrastiveReward(TimestepReward):
+    """Label-free: minus each image's InfoNCE against the batch (the authors' "common" policy reward).
+
+    The pooled teacher features go through a projection (learned by the same InfoNCE, logged as
+    ``infonce``; ``projection_dim: null`` keeps the features as they are, as the authors did) and
+    are compared by cosine similarity: a timestep scores well when the images are told apart.
+
+    Args:
+        projection_dim: Width of a learned linear projection; ``None`` for none.
+        temperature: Softmax temperature of the InfoNCE (the authors: 0.1).
+    """
+
+    def __init__(self, projection_dim: int | None = 128, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"ContrastiveReward.temperature must be positive, got {temperature}")
+        self.projection_dim, self.temperature = projection_dim, temperature
+        self.projection: nn.Module = nn.Identity()
+
+    def build(self, feature_channels: int) -> None:
+        if self.projection_dim is not None:
+            self.projection = nn.Linear(feature_channels, self.projection_dim)
+
+    def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
+        if len(features) < 2:
+            raise ValueError("ContrastiveReward compares images within a batch: use batches of 2 or more")
+        loss = info_nce(self.projection(pooled(features)), self.temperature)
+        learned = any(True for _ in self.projection.parameters())
+        terms = {"infonce": loss.mean()} if learned else {}
+        return RewardOutput(-loss.detach(), losses=terms, logs={"infonce_mean": loss.mean().detach()})
