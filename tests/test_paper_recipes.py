@@ -130,6 +130,8 @@ def test_every_recipe_has_a_fast_dev_run_here():
 def test_recipe_runs_on_fixture_data_of_its_layout(recipe, teachers, tmp_path, monkeypatch):
     # CIFAR-10's md5 check cannot pass on fixture batches; reading and decoding stay torchvision's.
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    # The recipes write under artifacts/paper/ (relative): here that is the test's own folder.
+    monkeypatch.chdir(tmp_path)
     write_data, overrides = RECIPES[recipe]
     data_root = write_data(tmp_path / "data")
     main(
@@ -143,6 +145,7 @@ def test_recipe_runs_on_fixture_data_of_its_layout(recipe, teachers, tmp_path, m
             *overrides(teachers),
         ]
     )
+    assert not (ROOT / "artifacts" / "paper").exists(), "a recipe test wrote into the repository"
 
 
 def readme_recipe_rows() -> dict[str, dict[str, str]]:
