@@ -1,9 +1,11 @@
 """The whole RepFusion story on the embedded digits, end to end on a laptop CPU (``make demo``).
 
 1. Train the small digits teacher (configs/teacher.yaml), or reuse it.
-2. Probe it: linear-probe accuracy per teacher layer x timestep, next to a random-init ResNet-18.
-3. Distil a ResNet-18 from the best layer three ways: the REINFORCE timestep policy, the probe's best
-   fixed t, and t drawn uniformly (configs/distill.yaml otherwise).
+2. Probe it: linear-probe accuracy per teacher layer (encoder, decoder, concatenations) x timestep,
+   next to a random-init ResNet-18.
+3. Distil a ResNet-18 from the best cell four ways: the REINFORCE timestep policy with labels, the
+   policy without labels (contrastive reward), the probe's best fixed t, and t drawn uniformly
+   (configs/distill.yaml otherwise), each probed every 5 epochs by the representation monitor.
 4. Fine-tune each student and a random-init one with 10 labels per class over 3 seeds
    (configs/classify.yaml), and linear-probe each on all labels; print mean ± std test accuracy and
    write benchmarks/results/demo.{json,md,png}.
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "artifacts" / "demo")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="demo")
+    parser.add_argument("--monitor-every", type=int, default=5, help="probe the students every N epochs")
     args = parser.parse_args()
 
     distill = yaml.safe_load((ROOT / "configs" / "distill.yaml").read_text())
@@ -59,6 +62,7 @@ def main() -> None:
         timesteps=args.timesteps,
         work_dir=args.work_dir,
         results_dir=args.results_dir,
+        monitor_every=args.monitor_every,
     )
 
 

@@ -1,15 +1,18 @@
 """Does a diffusion teacher beat random init on real data with headroom? Fashion-MNIST (``make quality``).
 
-(a) The teacher's layer x timestep linear-probe table next to a random-init ResNet-18 (the bar to beat);
-(b) distillation from the best layer with the REINFORCE policy, the best fixed t and uniform t;
+(a) A search of the teacher side with the probe: every UNet level going down and coming up, and the
+encoder, decoder and all-layer concatenations, x timesteps, next to a random-init ResNet-18 (the bar
+to beat); the best cell is what a user would distil from;
+(b) distillation from it with the REINFORCE policy (labels), the policy without labels (contrastive
+reward), the best fixed t and uniform t, each watched by the representation monitor every epoch;
 (c) fine-tuning with 10 and 100 labels per class, and a ridge linear probe on all labels, from each
 distilled student and from random init, over 3 seeds: mean ± std test accuracy to
 ``benchmarks/results/quality-<profile>.{json,md,png}``.
 
 Distillation needs no labels beyond the policy's reward head, so it may see more (unlabelled) training
 images than the probe and fine-tuning pool. Profiles: ``cpu`` (16x16 images; a 5,000-image pool for
-probing and fine-tuning, 20,000 images for distillation; the 6,000-step teacher of
-configs/fashion-teacher.yaml; under an hour on 2 cores) and ``gpu`` (28x28 padded to 32, all 55,000
+probing and fine-tuning, 10,000 images for distillation; the 6,000-step teacher of
+configs/fashion-teacher.yaml; about 70 minutes on 2 cores) and ``gpu`` (28x28 padded to 32, all 55,000
 training images, the larger teacher of configs/fashion-teacher-gpu.yaml, bf16; sized for one H100).
 Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (Debian/Ubuntu package
 ``dataset-fashion-mnist``) or ``--root``.
@@ -29,7 +32,7 @@ PROFILES = {
     "cpu": {
         "teacher_config": "configs/fashion-teacher.yaml",
         "data": {"image_size": 16, "num_train": 5000, "num_val": 1000, "num_test": 2000, "batch_size": 64},
-        "distill_data": {"num_train": 20000},
+        "distill_data": {"num_train": 10000},
         "distill_epochs": 5,
         "finetune_epochs": {10: 40, 100: 15},
         "trainer": {},
@@ -104,6 +107,7 @@ def main() -> None:
         timesteps=args.timesteps,
         work_dir=work_dir,
         results_dir=args.results_dir,
+        monitor_every=1,
     )
 
 

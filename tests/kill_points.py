@@ -2,7 +2,8 @@
 
 POINT is ``step`` (inside the N-th training step, after its forward pass), ``write`` (halfway through
 writing the N-th checkpoint file) or ``between`` (at the start of epoch N, after the previous epoch's
-checkpoint landed). Used by test_crash_safety.py; nothing in the package knows about it.
+checkpoint landed); ``sigterm`` and ``sigusr1`` send that signal instead of SIGKILL inside the N-th
+step, as a cluster scheduler would. Used by test_crash_safety.py; nothing in the package knows about it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ def install(point: str, n: int) -> None:
             return loss
 
         RepFusionDistillation.training_step = training_step  # type: ignore[method-assign]
+    elif point in ("sigterm", "sigusr1"):
+        from repfusion_pl.distill import RepFusionDistillation
+
+        original = RepFusionDistillation.training_step
+        signum = signal.SIGTERM if point == "sigterm" else signal.SIGUSR1
+
+        def signalled_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            loss = original(self, batch, batch_idx)
+            if self.global_step == n:
+                os.kill(os.getpid(), signum)  # handled: the run stops at the end of this step
+            return loss
+
+        RepFusionDistillation.training_step = signalled_step  # type: ignore[method-assign]
     elif point == "write":
         from repfusion_pl import checkpoints
 

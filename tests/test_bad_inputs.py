@@ -190,34 +190,34 @@ def warmup_longer_than_the_run(env: Env) -> None:
     main(distill_cli(env, "--model.init_args.schedule.warmup_steps=5000"))
 
 
+def missing_backbone_weights_file(env: Env) -> str:
+    classify = ["fit", "--config", str(ROOT / "configs" / "classify.yaml")]
+    message = cli_message(env, *classify, f"--model.init_args.backbone_weights={env.tmp / 'gone.ckpt'}")
+    assert "Traceback" not in message and "Union subtypes" not in message, message
+    return message
+
+
 def labelled_reward_on_unlabelled_data(env: Env) -> None:
     main(distill_cli(env, "--data.init_args.labels=false"))
 
 
-def recipe_without_its_dataset(env: Env) -> None:
+def recipe_without_its_dataset(env: Env) -> str:
     recipe = ROOT / "configs" / "paper" / "cifar10-classify.yaml"
-    main(
-        [
-            "fit",
-            "--config",
-            str(recipe),
-            f"--data.init_args.root={env.tmp / 'cifar10'}",
-            "--model.init_args.backbone_weights=null",  # its distilled student is not here either
-            "--trainer.accelerator=cpu",
-        ]
+    return cli_message(
+        env,
+        "fit",
+        "--config",
+        str(recipe),
+        f"--data.init_args.root={env.tmp / 'cifar10'}",
+        "--model.init_args.backbone_weights=null",  # its distilled student is not here either
+        "--trainer.accelerator=cpu",
     )
 
 
-def recipe_without_its_teacher(env: Env) -> None:
+def recipe_without_its_teacher(env: Env) -> str:
     recipe = ROOT / "configs" / "paper" / "celebahq-distill.yaml"
-    main(
-        [
-            "fit",
-            "--config",
-            str(recipe),
-            "--model.init_args.teacher.init_args.source=google/ddpm-never-cached",
-        ]
-    )
+    source = "--model.init_args.teacher.init_args.source=google/ddpm-never-cached"
+    return cli_message(env, "fit", "--config", str(recipe), source)
 
 
 class RunsCode:
@@ -293,6 +293,12 @@ CASES = [
         warmup_longer_than_the_run,
         r"warm-up of 5000.*longer than the run",
         r"lower",
+    ),
+    (
+        "missing backbone_weights file",
+        missing_backbone_weights_file,
+        r"cannot build model \(repfusion_pl\.ClassificationTask\).*gone\.ckpt.*do not exist",
+        r"give a distillation checkpoint",
     ),
     (
         "labelled reward, unlabelled data",

@@ -266,3 +266,62 @@ def test_a_normal_run_prints_no_warning_of_ours(cli_teacher, tmp_path):
     # LightningCLI's warning about `args`, which `main` always passes.
     assert "args parameter is intended" not in done.stderr
     assert not re.search(r"repfusion_pl/\S+\.py:\d+: \w*Warning", done.stderr), done.stderr[-3000:]
+
+
+def test_debug_keeps_the_traceback_of_a_build_error(tmp_path):
+    gone = f"--model.init_args.backbone_weights={tmp_path / 'gone.ckpt'}"
+    with pytest.raises(Exception, match="gone.ckpt") as raised:
+        main(["--debug", "fit", "--config", str(ROOT / "configs/classify.yaml"), gone])
+    assert not isinstance(raised.value, SystemExit)
+
+
+def test_a_worker_error_reads_as_with_no_workers(tmp_path):
+    from PIL import Image
+
+    from repfusion_pl.data.files import CorruptImageError
+
+    root = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (50 * i, 0, 0)).save(root / cls / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    messages = {}
+    for workers in (0, 2):
+        args = [
+            "fit",
+            "--model=repfusion_pl.ClassificationTask",
+            "--model.num_classes=2",
+            "--data=repfusion_pl.data.ImageFolderDataModule",
+            f"--data.root={root}",
+            "--data.image_size=8",
+            "--data.batch_size=12",
+            f"--data.num_workers={workers}",
+            "--data.val_fraction=0.0",
+            "--data.test_fraction=0.0",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+        with pytest.raises(CorruptImageError) as raised:
+            main(args)
+        messages[workers] = str(raised.value)
+    assert messages[0].startswith("cannot decode image") and "broken.png" in messages[0]
+    assert messages[2] == messages[0]
+
+
+def test_a_second_run_replaces_last_ckpt_and_tasks_say_what_they_load(cli_teacher, tmp_path, caplog):
+    import logging
+
+    for run in range(2):
+        main(distill_args(cli_teacher, tmp_path, "--trainer.max_steps=1", f"--seed_everything={run}"))
+    assert sorted(p.name for p in (tmp_path / "ckpts").glob("last*.ckpt")) == ["last.ckpt"]
+    saved = torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=True)
+    assert saved["repfusion_config"].count("seed_everything: 1") == 1  # the second run's
+    with caplog.at_level(logging.INFO):
+        ClassificationTask = __import__("repfusion_pl").ClassificationTask
+        ClassificationTask(10, backbone_weights=str(tmp_path / "ckpts" / "last.ckpt"))
+    line = next(r.message for r in caplog.records if r.message.startswith("loaded backbone weights"))
+    assert "resnet18/cifar-stem student" in line and "PolicyTimestep(reward=TaskHeadReward" in line
+    assert f"saved {saved['repfusion']['saved_at']}" in line

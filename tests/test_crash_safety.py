@@ -1,4 +1,4 @@
-"""A training process SIGKILLed at any moment leaves a checkpoint that resumes to the end of the run."""
+"""Killed, signalled or out of disk at any moment, a run leaves a checkpoint that resumes to its end."""
 
 from __future__ import annotations
 
@@ -49,3 +49,54 @@ def test_sigkill_then_resume_from_what_is_on_disk(
     final = read_checkpoint(root / "last.ckpt")
     assert final["global_step"] == 3 * STEPS_PER_EPOCH
     assert len(timestep_history(final)) == 3
+
+
+@pytest.mark.parametrize("point", ["sigterm", "sigusr1"])
+def test_a_scheduler_signal_saves_a_checkpoint_and_names_the_resume_command(
+    gray_teacher_dir: Path, tmp_path: Path, point: str
+) -> None:
+    root = tmp_path / "run"
+    args = distill_args(gray_teacher_dir, root, "--trainer.max_epochs=3")
+    stopped = subprocess.run(
+        [sys.executable, str(HERE / "kill_points.py"), point, "2", "--", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    output = stopped.stdout + stopped.stderr
+    assert f"Resume with: repfusion fit --ckpt_path {root / 'last.ckpt'}" in output
+    assert "Traceback" not in stopped.stderr
+    last = read_checkpoint(root / "last.ckpt")
+    assert last["global_step"] == 3  # mid-epoch 1: the signalled step finished, its checkpoint landed
+    resumed = run_repfusion("fit", f"--ckpt_path={root / 'last.ckpt'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_checkpoint(root / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(
+    gray_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from repfusion_pl import checkpoints
+    from repfusion_pl.checkpoints import CheckpointWriteError
+    from repfusion_pl.cli import main
+
+    root = tmp_path / "run"
+    original, writes = checkpoints.write_temporary, []
+
+    def fills_the_disk(path, data):  # type: ignore[no-untyped-def]
+        writes.append(path)
+        if len(writes) == 3:  # epoch 1's first file: half of it lands, then the disk is full
+            path.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, data)
+
+    monkeypatch.setattr(checkpoints, "write_temporary", fills_the_disk)
+    with pytest.raises(CheckpointWriteError, match=r"(?s)No space left.*folder .*run needs about [\d.]+ MB"):
+        main(distill_args(gray_teacher_dir, root, "--trainer.max_epochs=3"))
+    assert read_checkpoint(root / "last.ckpt")["global_step"] == STEPS_PER_EPOCH  # epoch 0's, intact
+    assert not list(root.glob(".*.tmp"))  # the half-written staging file is gone

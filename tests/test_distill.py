@@ -165,3 +165,20 @@ def test_a_trainers_own_telemetry_is_kept(gray_teacher_dir, tmp_path):
     assert [c for c in trainer.callbacks if isinstance(c, TimestepTelemetry)] == [own]
     assert own.history[0][5] == 16
     assert not (Path(trainer.log_dir) / "timesteps.png").exists()
+
+
+def test_several_teacher_layers_into_one_student_tap_are_concatenated_and_projected(gray_teacher_dir):
+    layers = ["mid_block.resnets.1.conv2", "up_blocks.0.resnets.1"]
+    module = make_module(gray_teacher_dir, sampler=FixedTimestep(10), layers=layers)
+    teacher = module.teacher
+    channels = sum(teacher.feature_shapes[layer][0] for layer in layers)
+    assert [(p.in_channels, p.out_channels) for p in module.projectors] == [(512, channels)]
+    images = torch.rand(4, 1, 8, 8)
+    losses, feats = module.feature_losses(images, torch.full((4,), 10), None)
+    assert set(losses) == {"feature"} and set(feats) == set(layers)
+    from repfusion_pl.projectors import concat_maps
+
+    target = concat_maps([feats[layer] for layer in layers])
+    assert target.shape[1] == channels and target.shape[-2:] == feats[layers[0]].shape[-2:]
+    projected = module.projectors[0](module.student(images)[module.student.taps[0]])
+    torch.testing.assert_close(losses["feature"], module.feature_loss(projected, target))

@@ -57,7 +57,13 @@ def test_probe_command_writes_table_heatmap_and_configs_that_fit_accepts(gray_te
     printed = capsys.readouterr().out
     assert "random-init resnet18" in printed and "best:" in printed
     result = json.loads((out / "probe.json").read_text())
-    assert len(result["rows"]) == 4 and 0 <= result["best"]["val_acc"] <= 1
+    # Two layers and their concatenation, at two timesteps.
+    assert len(result["rows"]) == 6 and 0 <= result["best"]["val_acc"] <= 1
+    assert {row["layer"] for row in result["rows"]} == {
+        "down_blocks.0.resnets.0",
+        "mid_block.resnets.1.conv2",
+        "down_blocks.0.resnets.0+mid_block.resnets.1.conv2",
+    }
     assert {row["timestep"] for row in result["rows"]} == {0, 500}
     assert result["random_student"]["val_acc"] > 0.3  # 10 classes: well above chance on real digits
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
@@ -65,7 +71,7 @@ def test_probe_command_writes_table_heatmap_and_configs_that_fit_accepts(gray_te
     fixed = yaml.safe_load((out / "distill-fixed.yaml").read_text())
     # An override of configs/distill.yaml: only what the probe found, nothing copied that could drift.
     assert "max_epochs" not in fixed["trainer"] and "optimizer" not in fixed["model"]["init_args"]
-    assert fixed["model"]["init_args"]["teacher"]["init_args"]["layers"] == [result["best"]["layer"]]
+    assert "+".join(fixed["model"]["init_args"]["teacher"]["init_args"]["layers"]) == result["best"]["layer"]
     assert fixed["model"]["init_args"]["sampler"]["init_args"] == {"t": result["best"]["timestep"]}
     assert "repfusion fit --config configs/distill.yaml --config" in (out / "distill-fixed.yaml").read_text()
     for name in ("distill-fixed.yaml", "distill-policy.yaml"):
@@ -99,3 +105,58 @@ def test_probe_refuses_something_that_is_not_a_data_module(gray_teacher_dir, tmp
             ]
         )
     assert "LightningDataModule" in capsys.readouterr().err
+
+
+def test_candidate_layers_cover_the_decoder_and_layer_sets_concatenate(gray_teacher_dir):
+    from repfusion_pl import DiffusionTeacher
+    from repfusion_pl.probe import candidate_layers, default_layer_sets, pooled_features, run_probe
+
+    teacher = DiffusionTeacher(str(gray_teacher_dir))
+    layers = candidate_layers(teacher)
+    assert [layer for layer in layers if layer.startswith("up_blocks")] == [
+        "up_blocks.0.resnets.1",
+        "up_blocks.1.resnets.1",
+    ]
+    sets = default_layer_sets(layers)
+    assert sets[-1] == layers and all(len(group) > 1 for group in sets)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(48, 1, 8, 8, generator=g), torch.arange(48) % 3
+    batches = list(zip(images.split(16), labels.split(16), strict=True))
+    loaders = {"train": batches, "val": batches, "test": batches}
+    two = ["mid_block.resnets.0", "up_blocks.1.resnets.1"]
+    result = run_probe(str(gray_teacher_dir), loaders, 3, [0], layers=two, layer_sets=[two], progress=False)
+    names = [row["layer"] for row in result["rows"]]
+    assert names == [*two, "+".join(two)]
+    # The concatenation's probe is the probe of the two pooled maps side by side.
+    from repfusion_pl.probe import fit_ridge_probes
+
+    probed = DiffusionTeacher(str(gray_teacher_dir), layers=two)
+
+    def side_by_side(batch):
+        pooled = pooled_features(probed(batch, torch.zeros(len(batch), dtype=torch.long)))
+        return {"both": torch.cat([pooled[layer] for layer in two], dim=1)}
+
+    expected = fit_ridge_probes(side_by_side, loaders, ["both"], 3)["both"]
+    assert result["rows"][-1]["val_acc"] == expected["val_acc"]
+
+
+def test_a_layer_sets_policy_reads_its_strongest_member():
+    from repfusion_pl.probe import best_single_layer
+    from repfusion_pl.probe_report import distill_overrides
+
+    rows = [
+        {"layer": "a", "timestep": 0, "val_acc": 0.6},
+        {"layer": "b", "timestep": 0, "val_acc": 0.7},
+        {"layer": "b", "timestep": 50, "val_acc": 0.9},  # another timestep: not the cell's
+        {"layer": "a+b", "timestep": 0, "val_acc": 0.8},
+    ]
+    best = {**rows[-1]}
+    assert best_single_layer(rows, best) == "b"
+    best["head_layer"] = "b"
+    result = {"teacher": "t", "best": best}
+    overrides = distill_overrides(result, {}, {}, 3, "out")
+    model = overrides["distill-policy"]["model"]["init_args"]
+    assert model["head_layer"] == "b" and model["teacher"]["init_args"]["layers"] == ["a", "b"]
+    single = {"teacher": "t", "best": {"layer": "a", "timestep": 0, "val_acc": 0.6, "head_layer": "a"}}
+    policy = distill_overrides(single, {}, {}, 3, "out")["distill-policy"]
+    assert "head_layer" not in policy["model"]["init_args"]

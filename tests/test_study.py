@@ -42,6 +42,13 @@ def test_sampler_arms_share_the_layer_and_differ_in_the_sampler() -> None:
     assert {tuple(arm["model"]["init_args"]["teacher"]["init_args"]["layers"]) for arm in arms.values()} == {
         ("mid_block.resnets.0",)
     }
+    assert all("head_layer" not in arm["model"]["init_args"] for arm in arms.values())
+    # A layer set: every arm taps all of it, and the policies' rewards read the member named.
+    arms = sampler_arms("a+b", 0, policy, head_layer="b")
+    assert {tuple(arm["model"]["init_args"]["teacher"]["init_args"]["layers"]) for arm in arms.values()} == {
+        ("a", "b")
+    }
+    assert {arm["model"]["init_args"]["head_layer"] for arm in arms.values()} == {"b"}
 
 
 def test_table_reports_mean_and_sample_std_and_bolds_the_best() -> None:
@@ -85,6 +92,7 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
         timesteps=[0, 500],
         work_dir=tmp_path / "work",
         results_dir=tmp_path / "results",
+        monitor_images=64,
     )
 
     best = result["probe"]["best"]
@@ -99,6 +107,9 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
         settled = result["distillation"][arm]
         assert 0 <= settled["settled_t"] < 1000 and 0 < settled["settled_share"] <= 1
     assert (tmp_path / "results" / "tiny-timesteps-policy-no-labels.png").read_bytes()[:4] == b"\x89PNG"
+    # The representation monitor watched every arm: its curve, and its history in the JSON.
+    assert (tmp_path / "results" / "tiny-monitor-uniform-t.png").read_bytes()[:4] == b"\x89PNG"
+    assert [e["epoch"] for e in result["distillation"]["uniform t"]["monitor"]] == [-1, 0]
     no_labels = yaml.safe_load((tmp_path / "work" / "configs" / "distill-policy-no-labels.yaml").read_text())
     assert no_labels["data"]["init_args"]["labels"] is False
     for arm, scores in result["scores"].items():
@@ -114,7 +125,7 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
         (tmp_path / "work" / "configs" / "distill-policy-reinforce.yaml").read_text()
     )
     assert policy_config["model"]["init_args"]["sampler"]["class_path"] == "repfusion_pl.PolicyTimestep"
-    assert policy_config["model"]["init_args"]["teacher"]["init_args"]["layers"] == [best["layer"]]
+    assert "+".join(policy_config["model"]["init_args"]["teacher"]["init_args"]["layers"]) == best["layer"]
     assert policy_config["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
     assert sorted(p.name for p in (tmp_path / "work" / "students").iterdir()) == [
         f"fixed-t-{best['timestep']}.ckpt",

@@ -66,6 +66,8 @@ def test_unknown_layer_lists_nearest_names(gray_teacher_dir):
         [DEFAULT_TEACHER_LAYER],
         ["down_blocks.0.resnets.0.conv2", DEFAULT_TEACHER_LAYER],
         ["down_blocks.1.attentions.0", "mid_block"],
+        ["up_blocks.0.resnets.1"],  # the decoder: truncation stops after it
+        ["mid_block.resnets.0", "up_blocks.1.resnets.0.conv2"],
     ],
 )
 def test_truncated_features_equal_full_forward_exactly(gray_teacher_dir, layers):

@@ -22,6 +22,7 @@ import lightning
 from tqdm.auto import tqdm
 
 from repfusion_pl.probe import probe_student, split_loaders
+from repfusion_pl.probe_report import layers_of
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.weights import load_backbone_weights, resolve_backbone
 from study.report import environment, rounded, write_results
@@ -35,19 +36,23 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def sampler_arms(layer: str, timestep: int, policy: dict, num_train_timesteps: int = 1000) -> dict[str, dict]:
+def sampler_arms(
+    layer: str, timestep: int, policy: dict, num_train_timesteps: int = 1000, head_layer: str | None = None
+) -> dict[str, dict]:
     """The distillation arms at one layer: the policy with and without labels, a fixed t, uniform t.
 
     Args:
-        layer: The teacher layer every arm distils from (the probe's best).
+        layer: The teacher layer (or ``+``-joined layer set) every arm distils from (the probe's best).
         timestep: The fixed arm's timestep (the probe's best).
         policy: The policy sampler block (``class_path`` + ``init_args``) rewarded with labels.
         num_train_timesteps: T; the uniform arm draws from all of it, as the policy does at first.
+        head_layer: The teacher layer the policies' rewards read (default the module's: the first).
     """
 
     def arm(sampler: dict, data: dict | None = None) -> dict:
-        teacher = {"init_args": {"layers": [layer]}}
-        return {"model": {"init_args": {"teacher": teacher, "sampler": sampler}}, **(data or {})}
+        teacher = {"init_args": {"layers": layers_of(layer)}}  # a layer, or a concatenated layer set
+        model = {"teacher": teacher, "sampler": sampler, **({"head_layer": head_layer} if head_layer else {})}
+        return {"model": {"init_args": model}, **(data or {})}
 
     # The same policy on the same images with the labels withheld: rewarded by the contrastive reward.
     label_free = {"num_classes": None, "reward": {"class_path": "repfusion_pl.ContrastiveReward"}}
@@ -95,6 +100,7 @@ class Comparison:
         probe_data: Data config (``class_path``/``init_args``) with all labels for the linear probe.
         num_classes: Classes of the task.
         extra: Entries added to the result as they are.
+        monitor: A `RepresentationMonitor` block for every distillation (its curves go to the results).
     """
 
     name: str
@@ -108,6 +114,7 @@ class Comparison:
     probe_data: dict | None = None
     num_classes: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
+    monitor: dict | None = None
 
     def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, Any], float]:
         """Run one distillation arm; return its checkpoint, final metrics and seconds taken.
@@ -120,7 +127,10 @@ class Comparison:
         checkpoint = self.work_dir / "students" / f"{name}.ckpt"
         logs = self.work_dir / "logs" / name
         config = merge(self.distill_base, overrides)
-        config = merge(config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(logs)}})
+        callbacks = [self.monitor] if self.monitor else None
+        config = merge(
+            config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(logs), "callbacks": callbacks}}
+        )
         path = write_yaml(
             config, self.work_dir / "configs" / f"distill-{name}.yaml", f"# {self.name}: {arm}\n"
         )
@@ -132,6 +142,11 @@ class Comparison:
         metrics["settled_share"] = round(counts[metrics["settled_t"]] / max(sum(counts), 1), 3)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(logs / "timesteps.png", self.results_dir / f"{self.name}-timesteps-{name}.png")
+        if (logs / "representation_probe.json").is_file():  # the monitor's per-epoch probe
+            metrics["monitor"] = json.loads((logs / "representation_probe.json").read_text())
+            shutil.copyfile(
+                logs / "representation_probe.png", self.results_dir / f"{self.name}-monitor-{name}.png"
+            )
         return checkpoint, metrics, seconds
 
     def evaluate(self, arm: str, weights: Path | None, setting: Setting, seed: int) -> float:

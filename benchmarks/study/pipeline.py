@@ -49,8 +49,10 @@ def run_study(
     timesteps: Sequence[int],
     work_dir: Path,
     results_dir: Path,
+    monitor_every: int | None = 1,
+    monitor_images: int = 2000,
 ) -> dict[str, Any]:
-    """Teacher (trained or reused), probe, three distillation arms, evaluation: the whole story.
+    """Teacher (trained or reused), probe, the distillation arms, evaluation: the whole story.
 
     The probe's best layer is distilled with the policy sampler of ``distill_base``, with the best
     fixed t and with uniform t; every student and a random-init one is then evaluated per setting.
@@ -66,6 +68,9 @@ def run_study(
         timesteps: Timesteps of the probe grid.
         work_dir: Where runs go.
         results_dir: Where ``<name>.json/.md/.png`` go.
+        monitor_every: Probe every distilling student each this many epochs (`RepresentationMonitor`
+            on ``data``); ``None`` for no monitor.
+        monitor_images: Images of each split the monitor probes with.
     """
     start = time.perf_counter()
     teacher_dir = yaml.safe_load(Path(teacher_config).read_text())["model"]["init_args"]["output_dir"]
@@ -83,12 +88,23 @@ def run_study(
         name=name,
         distill_base=distill_base,
         classify_base=classify_base,
-        arms=sampler_arms(best["layer"], best["timestep"], distill_base["model"]["init_args"]["sampler"]),
+        arms=sampler_arms(
+            best["layer"],
+            best["timestep"],
+            distill_base["model"]["init_args"]["sampler"],
+            head_layer=best.get("head_layer"),
+        ),
         settings=settings,
         seeds=seeds,
         work_dir=work_dir,
         results_dir=results_dir,
         probe_data=data,
+        monitor=None
+        if monitor_every is None
+        else {
+            "class_path": "repfusion_pl.RepresentationMonitor",
+            "init_args": {"data": data, "every_n_epochs": monitor_every, "max_images": monitor_images},
+        },
         num_classes=int(classify_base["model"]["init_args"]["num_classes"]),
         extra={
             "teacher": teacher_dir,

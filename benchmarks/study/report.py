@@ -43,9 +43,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def rounded(metrics: dict[str, float]) -> dict[str, float]:
-    """Finite metrics rounded to 5 digits (private ones, starting with ``_``, left out)."""
-    return {k: round(v, 5) for k, v in metrics.items() if not k.startswith("_") and math.isfinite(v)}
+def rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Finite numbers rounded to 5 digits, other entries as they are (private ones, ``_*``, left out)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.startswith("_") or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        out[key] = round(value, 5) if isinstance(value, float) else value
+    return out
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:

@@ -12,6 +12,7 @@ from repfusion_pl.losses import (
     PooledMSELoss,
     RKDLoss,
 )
+from repfusion_pl.monitor import RepresentationMonitor
 from repfusion_pl.rewards import (
     ContrastiveReward,
     LeastSquaresReward,
@@ -54,6 +55,7 @@ __all__ = [
     "PolicyTimestep",
     "PooledMSELoss",
     "RKDLoss",
+    "RepresentationMonitor",
     "RewardOutput",
     "RepFusionDistillation",
     "Student",

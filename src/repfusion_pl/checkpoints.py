@@ -39,6 +39,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the previous file at that path is left intact)."""
+
+
 def read_checkpoint(path: str | Path, *, expected: str = "a .ckpt written by `repfusion fit`") -> dict:
     """Load a Lightning checkpoint with ``weights_only=True``; every failure is one clear `CheckpointError`.
 
@@ -148,5 +152,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options for local files")
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        local = get_filesystem(path)._strip_protocol(str(path))
-        atomic_write_bytes(local, buffer.getvalue())
+        local = Path(get_filesystem(path)._strip_protocol(str(path)))
+        try:
+            atomic_write_bytes(local, buffer.getvalue())
+        except OSError as err:  # ENOSPC, a quota, a read-only or vanished folder
+            size = buffer.getbuffer().nbytes
+            raise CheckpointWriteError(
+                err.errno,
+                f"cannot write checkpoint {local} ({err.strerror or err}): the folder {local.parent} needs "
+                f"about {size / 2**20:.1f} MB free for it (the size of this checkpoint). The previous "
+                f"{local.name}, if any, is intact and no partial file was left. Free space there, or point "
+                "the ModelCheckpoint's dirpath at another disk, then resume from the newest checkpoint.",
+            ) from err

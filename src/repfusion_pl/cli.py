@@ -7,12 +7,9 @@ without a config rebuilds the run from the config stored in CKPT (`with_checkpoi
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
-import inspect
-import re
 import sys
 import tempfile
+import threading
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 # Imported so that their classes are registered as subclasses for `class_path` resolution.
 import repfusion_pl.data  # noqa: F401
@@ -32,6 +30,8 @@ import repfusion_pl.tasks  # noqa: F401
 import repfusion_pl.teacher_training  # noqa: F401
 from repfusion_pl._version import __version__
 from repfusion_pl.checkpoints import CONFIG_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from repfusion_pl.cli_errors import ConfigBuildError, build_error, config_error_hint, unwrap_worker_error
+from repfusion_pl.preemption import Preemption
 from repfusion_pl.probe import probe_teacher
 from repfusion_pl.probe_report import DISTILL_CONFIG
 from repfusion_pl.students import Student
@@ -67,12 +67,25 @@ class RepFusionCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # a component's own error, buried in jsonargparse's Union report
+            config = yaml.safe_load(self.parser.dump(self.config, format="yaml", skip_check=True))
+            subcommand = self.config.get("subcommand")
+            raise build_error(err, config.get(subcommand, config) if subcommand else config) from err
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Atomic local checkpoints unless the config brings its own CheckpointIO.
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        # A scheduler's SIGTERM (or SLURM's SIGUSR1) ends in a checkpoint and the resume command.
+        listed = config.get("callbacks") or []
+        listed = list(listed) if isinstance(listed, (list, tuple)) else [listed]
+        if not any(isinstance(callback, Preemption) for callback in [*listed, *callbacks]):
+            callbacks = [*callbacks, Preemption()]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -129,13 +142,30 @@ def with_checkpoint_config(argv: list[str]) -> list[str]:
     return [argv[0], "--config", handle.name, *argv[1:]]
 
 
-def run_lightning(argv: list[str]) -> None:
-    """A LightningCLI subcommand; a configuration error ends with the fix and exit status 2."""
+def run_lightning(argv: list[str], debug: bool = False) -> None:
+    """A LightningCLI subcommand; a configuration error ends with the fix and exit status 2.
+
+    A class of the configuration that fails to build prints as its own message and the key it came
+    from (``--debug`` before the subcommand keeps the traceback); a pre-empted run exits with 143
+    after saying how to resume; a data-loader worker's error is re-raised as the worker raised it.
+    """
     try:
         build_cli(with_checkpoint_config(argv))
     except ArgumentError as err:
         print(f"repfusion: bad configuration\n{err}\n{config_error_hint(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ConfigBuildError as err:
+        if debug:
+            raise
+        print(f"repfusion: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SIGTERMException:
+        raise SystemExit(143) from None  # Preemption has saved the checkpoint and printed the command
+    except Exception as err:
+        unwrapped = unwrap_worker_error(err)
+        if unwrapped is err or debug:
+            raise
+        raise unwrapped from None
 
 
 def export_command(args: Sequence[str]) -> None:
@@ -157,6 +187,12 @@ def probe_parser() -> ArgumentParser:
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     parser.add_argument("--num_classes", type=int | None, default=None, help="default: data.num_classes")
     parser.add_argument("--layers", type=list[str] | None, default=None, help="default: one per UNet level")
+    parser.add_argument(
+        "--layer_sets",
+        type=list[list[str]] | None,
+        default=None,
+        help="concatenations to probe too; default: encoder, decoder and all layers",
+    )
     parser.add_argument("--timesteps", type=list[int], default=[0, 25, 50, 100, 200, 400, 700, 999])
     parser.add_argument("--student.arch", type=str, default="resnet18")
     parser.add_argument("--student.stem", type=str, default="cifar")
@@ -189,55 +225,12 @@ def probe_command(args: Sequence[str]) -> None:
         config.out_dir,
         student,
         layers=config.layers,
+        layer_sets=config.layer_sets,
         num_classes=num_classes,
         distill_config=config.distill_config,
     )
     for kind, path in result["files"].items():
         print(f"{kind:>15}: {path}")
-
-
-#: Modules whose classes a config usually names; near matches for a mistyped class_path come from them.
-CLASS_PATH_MODULES = (
-    "repfusion_pl",
-    "repfusion_pl.data",
-    "repfusion_pl.tasks",
-    "torch.optim",
-    "torch.optim.lr_scheduler",
-    "lightning.pytorch.callbacks",
-    "lightning.pytorch.loggers",
-)
-
-
-def _known_class_paths() -> list[str]:
-    paths = []
-    for name in CLASS_PATH_MODULES:
-        module = importlib.import_module(name)
-        paths += [f"{name}.{attr}" for attr, value in vars(module).items() if inspect.isclass(value)]
-    return paths
-
-
-def config_error_hint(message: str) -> str:
-    """How to fix a config error: near matches for an unknown class_path, else where to see the schema."""
-    hints = []
-    known = _known_class_paths()
-    for path in dict.fromkeys(re.findall(r"class_path '([\w.]+)'", message)):
-        if path in known:
-            continue
-        close = difflib.get_close_matches(path, known, n=3, cutoff=0.6)
-        close = close or difflib.get_close_matches(
-            path.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known], n=3, cutoff=0.6
-        )
-        if close:
-            hints.append(f"unknown class_path {path!r}: did you mean {' or '.join(map(repr, close))}?")
-        else:
-            hints.append(
-                f"unknown class_path {path!r}: give an importable class, e.g. repfusion_pl.FixedTimestep"
-            )
-    hints.append(
-        "Every accepted key, its type and default: repfusion fit --config <your.yaml> --print_config "
-        "(or --help)."
-    )
-    return "How to fix:\n" + "\n".join(f"  - {hint}" for hint in hints)
 
 
 EXPORT_HELP = (
@@ -260,8 +253,11 @@ class Subcommand:
 
 
 def _lightning(name: str) -> Callable[[list[str]], None]:
-    return lambda args: run_lightning([name, *args])
+    return lambda args: run_lightning([name, *args], debug=DEBUG.is_set())
 
+
+#: Set by ``repfusion --debug``: errors keep their Python traceback.
+DEBUG = threading.Event()
 
 SUBCOMMANDS = {
     "fit": Subcommand("train a model: distillation, a teacher, or a downstream task", _lightning("fit")),
@@ -283,6 +279,7 @@ def top_level_parser() -> argparse.ArgumentParser:
         epilog="Each subcommand has its own --help, e.g. `repfusion fit --help`.",
     )
     parser.add_argument("--version", action="version", version=f"repfusion-pl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="keep Python tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, subcommand in SUBCOMMANDS.items():
         # No help of their own here: `--help` after a subcommand goes to that subcommand's parser.
@@ -293,8 +290,13 @@ def top_level_parser() -> argparse.ArgumentParser:
 def main(args: ArgsType | Sequence[str] = None) -> None:
     """Entry point of ``repfusion``: dispatch to the subcommand named first."""
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]  # type: ignore[union-attr]
-    parsed, rest = top_level_parser().parse_known_args(argv[:1])
-    SUBCOMMANDS[parsed.command].run([*rest, *argv[1:]])
+    head = 1 + (argv[:1] == ["--debug"])  # the options before the subcommand, and the subcommand
+    parsed, rest = top_level_parser().parse_known_args(argv[:head])
+    if parsed.debug:
+        DEBUG.set()
+    else:
+        DEBUG.clear()
+    SUBCOMMANDS[parsed.command].run([*rest, *argv[head:]])
 
 
 if __name__ == "__main__":

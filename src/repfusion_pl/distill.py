@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
-from repfusion_pl.projectors import build_projectors
+from repfusion_pl.projectors import build_projectors, concat_maps, concatenates_teacher
 from repfusion_pl.rng import RandomStreams
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
@@ -28,10 +29,11 @@ class RepFusionDistillation(LightningModule):
     """Distil a frozen diffusion UNet into a student backbone (RepFusion, ICCV 2023).
 
     Each step: a sampler picks t per image; the teacher returns features at its tapped layers;
-    1x1 projectors map each student tap onto its paired teacher tap; the feature loss compares
-    them. A learned sampler adds its own losses (task head, REINFORCE, entropy). Only the feature
-    loss reaches the student; the teacher receives no gradient at all. `TimestepTelemetry` records
-    the drawn timesteps (added unless the trainer has one).
+    1x1 projectors map each student tap onto its paired teacher tap (or one student tap onto the
+    concatenation of several teacher layers); the feature loss compares them. A learned sampler adds
+    its own losses (task head, REINFORCE, entropy). Only the feature loss reaches the student; the
+    teacher receives no gradient at all. `TimestepTelemetry` records the drawn timesteps (added
+    unless the trainer has one).
 
     Args:
         teacher: The frozen diffusion teacher, its tapped layers and how it runs.
@@ -107,6 +109,10 @@ class RepFusionDistillation(LightningModule):
         images = images.contiguous(memory_format=self.memory_format)
         teacher_feats = self.teacher(images, timesteps, labels)
         student_feats = self.student(images)
+        if concatenates_teacher(self.teacher, self.student):
+            target = concat_maps([teacher_feats[layer] for layer in self.teacher.layers])
+            projected = self.projectors[0](student_feats[self.student.taps[0]])
+            return {"feature": self.feature_loss(projected, target)}, teacher_feats
         losses = {}
         pairs = zip(self.projectors, self.student.taps, self.teacher.layers, strict=True)
         for projector, s_name, t_name in pairs:
@@ -177,7 +183,12 @@ class RepFusionDistillation(LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[PROVENANCE_KEY] = self.provenance()
+        saved_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        checkpoint[PROVENANCE_KEY] = {
+            **self.provenance(),
+            "sampler": self.sampler.summary(),
+            "saved_at": saved_at,
+        }
         checkpoint[RNG_KEY] = self.rng.state_dict(self.trainer.world_size)  # runs on every rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -22,8 +22,11 @@ from tqdm.auto import tqdm
 
 from repfusion_pl.probe_report import (
     DISTILL_CONFIG,
+    base_callbacks,
     distill_overrides,
+    layers_of,
     print_probe_table,
+    set_name,
     write_distill_overrides,
     write_report,
 )
@@ -34,11 +37,27 @@ RIDGE_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def candidate_layers(teacher: DiffusionTeacher) -> list[str]:
-    """The last ResNet of every encoder level, both mid-block ResNets and the default tap."""
+    """The last ResNet of every UNet level going down, both mid-block ResNets, and every level coming up.
+
+    Published probes of diffusion UNets (DDAE) find the best features in the decoder at small t, so
+    the decoder is searched too (probing it runs the whole UNet).
+    """
     unet = teacher.unet
     layers = [f"down_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.down_blocks)]
     layers += ["mid_block.resnets.0", "mid_block.resnets.1.conv2"]
+    layers += [f"up_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.up_blocks)]
     return layers
+
+
+def default_layer_sets(layers: Sequence[str]) -> list[list[str]]:
+    """Concatenations worth scoring: the encoder side (down and mid), the decoder side, and all layers."""
+    encoder = [layer for layer in layers if not layer.startswith("up_blocks")]
+    decoder = [layer for layer in layers if layer.startswith("up_blocks")]
+    sets: list[list[str]] = []
+    for group in (encoder, decoder, list(layers)):
+        if len(group) > 1 and group not in sets:
+            sets.append(group)
+    return sets
 
 
 class StreamingRidge:
@@ -70,8 +89,9 @@ def _predict(weights: Tensor, features: Tensor) -> Tensor:
     return (features.double() @ weights[:-1] + weights[-1]).argmax(dim=1)
 
 
-def _pooled(features: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: f.float().mean(dim=(2, 3)) for name, f in features.items()}
+def pooled_features(features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each ``(N, C, h, w)`` map averaged to an ``(N, C)`` float32 vector, on the CPU (with the labels)."""
+    return {name: f.float().mean(dim=(2, 3)).cpu() for name, f in features.items()}
 
 
 class LayerProbes:
@@ -137,11 +157,11 @@ def probe_student(student: Student, loaders: dict[str, Iterable], num_classes: i
         ``{"val_acc", "test_acc", "ridge"}``.
     """
     student.eval()
-    tap = student.taps[-1]
+    tap, device = student.taps[-1], next(student.parameters()).device
 
     def student_features(images: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
-            return _pooled({tap: student(images)[tap]})
+            return pooled_features({tap: student(images.to(device))[tap]})
 
     return fit_ridge_probes(student_features, loaders, [tap], num_classes)[tap]
 
@@ -154,8 +174,9 @@ def run_probe(
     layers: Sequence[str] | None = None,
     student: Student | None = None,
     progress: bool = True,
+    layer_sets: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Probe every (layer, timestep) of a teacher, and a random-init student as the bar to beat.
+    """Probe every (layer or layer set, timestep) of a teacher, and a random-init student as the bar.
 
     Args:
         teacher_source: What `DiffusionTeacher` loads.
@@ -165,21 +186,33 @@ def run_probe(
         layers: Teacher layers to probe; default `candidate_layers`.
         student: A randomly initialised student to probe for comparison; ``None`` skips it.
         progress: Show a progress bar over the grid.
+        layer_sets: Concatenations of ``layers`` to probe too (pooled features side by side);
+            default `default_layer_sets`; ``[]`` for none.
 
     Returns:
-        ``{"rows": [...], "random_student": {...} | None, "best": {...}}``.
+        ``{"rows": [...], "random_student": {...} | None, "best": {...}}``; a row's ``layer`` is a
+        layer path or a ``+``-joined layer set.
     """
     layers = list(layers) if layers else candidate_layers(DiffusionTeacher(teacher_source))
+    sets = [list(group) for group in (default_layer_sets(layers) if layer_sets is None else layer_sets)]
+    for group in sets:
+        if unknown := [layer for layer in group if layer not in layers]:
+            raise ValueError(
+                f"layer set {group} names {unknown}, which are not among the probed layers {layers}"
+            )
     teacher = DiffusionTeacher(teacher_source, layers=layers)
+    names = [*layers, *(set_name(group) for group in sets)]
     rows = []
     bar = tqdm(total=len(timesteps) + (student is not None), desc="probe", disable=not progress)
     for t in timesteps:
         bar.set_postfix_str(f"t={t}")
 
         def extract(images: Tensor, t: int = t) -> dict[str, Tensor]:
-            return _pooled(teacher(images, torch.full((len(images),), t, dtype=torch.long)))
+            pooled = pooled_features(teacher(images, torch.full((len(images),), t, dtype=torch.long)))
+            pooled.update({set_name(g): torch.cat([pooled[layer] for layer in g], dim=1) for g in sets})
+            return pooled
 
-        for layer, scores in fit_ridge_probes(extract, loaders, layers, num_classes).items():
+        for layer, scores in fit_ridge_probes(extract, loaders, names, num_classes).items():
             rows.append({"layer": layer, "timestep": t, **scores})
         bar.update()
     baseline = None
@@ -191,8 +224,20 @@ def run_probe(
         }
         bar.update()
     bar.close()
-    best = max(rows, key=lambda row: (row["val_acc"], -row["timestep"]))
+    best = dict(max(rows, key=lambda row: (row["val_acc"], -row["timestep"])))
+    best["head_layer"] = best_single_layer(rows, best)
     return {"teacher": teacher_source, "rows": rows, "random_student": baseline, "best": best}
+
+
+def best_single_layer(rows: Sequence[dict[str, Any]], best: dict[str, Any]) -> str:
+    """The best-probing single layer of the best cell at its timestep: what a policy's task head reads.
+
+    A learned sampler's reward sees one teacher layer (``head_layer``); when the best cell is a
+    concatenation, its strongest member is the one to give it, not merely the first.
+    """
+    members = layers_of(best["layer"])
+    scored = [row for row in rows if row["layer"] in members and row["timestep"] == best["timestep"]]
+    return max(scored, key=lambda row: row["val_acc"])["layer"] if scored else members[0]
 
 
 def split_loaders(data: LightningDataModule) -> dict[str, Iterable]:
@@ -216,6 +261,7 @@ def probe_teacher(
     layers: Sequence[str] | None = None,
     num_classes: int | None = None,
     distill_config: str | Path = DISTILL_CONFIG,
+    layer_sets: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The probe as ``repfusion probe`` runs it: grid, random-init bar, report and distillation configs.
 
@@ -229,6 +275,7 @@ def probe_teacher(
         layers: Teacher layers; default `candidate_layers`.
         num_classes: Classes; default ``data.num_classes``.
         distill_config: The base distillation config the written overrides apply to.
+        layer_sets: Concatenations to probe too; default `default_layer_sets`.
 
     Returns:
         What `run_probe` returns, with ``"files"``: the written paths by kind.
@@ -237,9 +284,12 @@ def probe_teacher(
     num_classes = num_classes or getattr(data, "num_classes", None)
     if not num_classes:
         raise ValueError(f"{type(data).__name__} has no num_classes attribute; give num_classes")
-    result = run_probe(teacher_source, loaders, num_classes, timesteps, layers, student)
+    result = run_probe(
+        teacher_source, loaders, num_classes, timesteps, layers, student, layer_sets=layer_sets
+    )
     files = write_report(result, out_dir)
-    overrides = distill_overrides(result, data_config, student.backbone_spec.as_dict(), num_classes, out_dir)
+    spec, callbacks = student.backbone_spec.as_dict(), base_callbacks(distill_config)
+    overrides = distill_overrides(result, data_config, spec, num_classes, out_dir, callbacks)
     files.update(write_distill_overrides(overrides, result, out_dir, distill_config))
     print_probe_table(result)
     return {**result, "files": files}

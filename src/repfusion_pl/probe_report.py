@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,22 @@ import yaml
 
 #: The distillation config the probe's overrides apply to.
 DISTILL_CONFIG = "configs/distill.yaml"
+
+
+def set_name(layers: Sequence[str]) -> str:
+    """The probe's name of a concatenation of layers (what `layers_of` splits again)."""
+    return "+".join(layers)
+
+
+def layers_of(name: str) -> list[str]:
+    """The teacher layers of a probe row's layer name (one, or a ``+``-joined concatenation)."""
+    return name.split("+")
+
+
+def short_name(name: str) -> str:
+    """A row name fit for a table or an axis: a concatenation shows its size and first layer."""
+    layers = layers_of(name)
+    return name if len(layers) == 1 else f"concat of {len(layers)}: {layers[0]}, ..."
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -45,7 +62,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     for (i, j), value in np.ndenumerate(grid):
         axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="w" if value < grid.max() else "k")
     axis.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
-    axis.set_yticks(range(len(layers)), layers)
+    axis.set_yticks(range(len(layers)), [short_name(layer) for layer in layers])
     axis.set_xlabel("timestep t")
     baseline = result.get("random_student")
     bar = f"; random-init {baseline['arch']}: {baseline['val_acc']:.3f}" if baseline else ""
@@ -59,9 +76,10 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
 
 def print_probe_table(result: dict[str, Any]) -> None:
     """Print validation/test accuracy per layer and timestep, the best cell and the random bar."""
-    print(f"\n{'layer':<34} {'t':>5} {'val acc':>8} {'test acc':>9}")
+    print(f"\n{'layer':<42} {'t':>5} {'val acc':>8} {'test acc':>9}")
     for row in result["rows"]:
-        print(f"{row['layer']:<34} {row['timestep']:>5} {row['val_acc']:8.3f} {row['test_acc']:9.3f}")
+        accuracies = f"{row['val_acc']:8.3f} {row['test_acc']:9.3f}"
+        print(f"{short_name(row['layer']):<42} {row['timestep']:>5} {accuracies}")
     best, baseline = result["best"], result["random_student"]
     scores = f"val {best['val_acc']:.3f}, test {best['test_acc']:.3f}"
     print(f"best: {best['layer']} at t={best['timestep']} ({scores})")
@@ -74,27 +92,59 @@ def print_probe_table(result: dict[str, Any]) -> None:
         )
 
 
+CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+def base_callbacks(distill_config: str | Path) -> list[dict]:
+    """The callbacks of the base distillation config (none when the file is not there)."""
+    path = Path(distill_config)
+    if not path.is_file():
+        return []
+    return list((yaml.safe_load(path.read_text()) or {}).get("trainer", {}).get("callbacks") or [])
+
+
+def with_checkpoint_folder(callbacks: list[dict], folder: Path) -> list[dict]:
+    """``callbacks`` with every ModelCheckpoint writing to ``folder`` (one is added if there is none).
+
+    An override's callback list replaces the base config's, so the base's callbacks are carried over.
+    """
+    out = []
+    for callback in callbacks:
+        if callback.get("class_path") == CHECKPOINT:
+            callback = {**callback, "init_args": {**callback.get("init_args", {}), "dirpath": str(folder)}}
+        out.append(callback)
+    if not any(c.get("class_path") == CHECKPOINT for c in out):
+        out.append({"class_path": CHECKPOINT, "init_args": {"dirpath": str(folder)}})
+    return out
+
+
 def distill_overrides(
-    result: dict[str, Any], data_config: dict, student: dict, num_classes: int, out_dir: str | Path
+    result: dict[str, Any],
+    data_config: dict,
+    student: dict,
+    num_classes: int,
+    out_dir: str | Path,
+    callbacks: list[dict] | None = None,
 ) -> dict[str, dict]:
-    """A fixed-t and a policy override at the probe's best layer and timestep, by name."""
+    """A fixed-t and a policy override at the probe's best layer (or layer set) and timestep, by name."""
     best, out = result["best"], Path(out_dir)
+    # A layer set's policy reads its strongest member (the module's default would be the first).
+    several = len(layers_of(best["layer"])) > 1 and best.get("head_layer")
+    head_layer = {"head_layer": best["head_layer"]} if several else {}
 
     def override(name: str, sampler: dict) -> dict:
-        checkpoints = {"dirpath": str(out / f"{name}-checkpoints")}
-        teacher = {"source": result["teacher"], "layers": [best["layer"]]}
+        teacher = {"source": result["teacher"], "layers": layers_of(best["layer"])}
         return {
             "trainer": {
                 "default_root_dir": str(out / "runs"),
-                "callbacks": [
-                    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}
-                ],
+                "callbacks": with_checkpoint_folder(callbacks or [], out / f"{name}-checkpoints"),
             },
             "model": {
                 "init_args": {
                     "teacher": {"init_args": teacher},
                     "student": {"init_args": student},
                     "sampler": sampler,
+                    **head_layer,
                 }
             },
             "data": data_config,

@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from repfusion_pl.losses import FeatureLoss
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
 
 
+def concatenates_teacher(teacher: DiffusionTeacher, student: Student) -> bool:
+    """Whether several teacher layers feed one student tap (their maps concatenated)."""
+    return len(student.taps) == 1 and len(teacher.layers) > 1
+
+
+def concat_maps(maps: list[Tensor]) -> Tensor:
+    """Maps resized (bilinearly) to the first one's size and stacked along channels."""
+    size = maps[0].shape[-2:]
+    resized = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear") for m in maps]
+    return torch.cat(resized, dim=1)
+
+
 def build_projectors(teacher: DiffusionTeacher, student: Student, loss: FeatureLoss) -> nn.ModuleList:
     """One ``Conv2d(student channels, teacher channels, 1)`` per (student tap, teacher layer) pair.
 
+    Taps pair up in order; one student tap against several teacher layers is matched with their
+    concatenation (at the first layer's size), through one projector.
+
     Raises:
-        ValueError: When the taps do not pair up one to one, the two models take different image
-            channels, or a dense loss meets maps that no resizing can match position by position.
+        ValueError: When the taps do not pair up, the two models take different image channels, or
+            a dense loss meets maps that no resizing can match position by position.
     """
-    if len(teacher.layers) != len(student.taps):
+    if len(teacher.layers) != len(student.taps) and not concatenates_teacher(teacher, student):
         raise ValueError(
-            f"teacher taps {teacher.layers} and student taps {student.taps} must pair up one to one"
+            f"teacher taps {teacher.layers} and student taps {student.taps} must pair up one to one "
+            "(or give the student one tap to match the concatenation of several teacher layers)"
         )
     if student.in_channels != teacher.in_channels:
         raise ValueError(
@@ -27,9 +45,15 @@ def build_projectors(teacher: DiffusionTeacher, student: Student, loss: FeatureL
             f"{teacher.in_channels}"
         )
     student_shapes = student.feature_shapes(teacher.sample_size)
+    shapes = teacher.feature_shapes
+    if concatenates_teacher(teacher, student):
+        first = shapes[teacher.layers[0]]
+        targets = [("+".join(teacher.layers), (sum(shapes[t][0] for t in teacher.layers), *first[1:]))]
+    else:
+        targets = [(t, shapes[t]) for t in teacher.layers]
     projectors = []
-    for s_name, t_name in zip(student.taps, teacher.layers, strict=True):
-        (s_channels, *s_size), (t_channels, *t_size) = student_shapes[s_name], teacher.feature_shapes[t_name]
+    for s_name, (t_name, t_shape) in zip(student.taps, targets, strict=True):
+        (s_channels, *s_size), (t_channels, *t_size) = student_shapes[s_name], t_shape
         if loss.dense:
             check_matchable(loss, (s_name, tuple(s_size)), (t_name, tuple(t_size)), teacher.sample_size)
         projectors.append(nn.Conv2d(s_channels, t_channels, kernel_size=1))

@@ -49,6 +49,13 @@ def restore(state: dict[str, Tensor], generator: torch.Generator | None = None) 
         torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch (CUDA included), numpy and Python in this process; wrap in `capture`/`restore`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 class RandomStreams:
     """A process's random streams for one run: a training generator per rank, and a validation one.
 

@@ -60,6 +60,10 @@ class TimestepSampler(nn.Module):
         """Choose one timestep per image."""
         raise NotImplementedError
 
+    def summary(self) -> str:
+        """One line saying what this sampler does (recorded with the weights it distilled)."""
+        return type(self).__name__
+
     def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
         """Extra losses for a learned sampler; fixed schedules have none."""
         return SamplerOutput()
@@ -90,6 +94,9 @@ class FixedTimestep(TimestepSampler):
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         return TimestepDraw(torch.full((images.shape[0],), self.t, dtype=torch.long, device=images.device))
 
+    def summary(self) -> str:
+        return f"FixedTimestep(t={self.t})"
+
 
 class UniformTimestep(TimestepSampler):
     """t drawn uniformly from ``[0, max_t)`` for each image.
@@ -109,6 +116,9 @@ class UniformTimestep(TimestepSampler):
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         return self._uniform(images, self.max_t, generator)
+
+    def summary(self) -> str:
+        return f"UniformTimestep(max_t={self.max_t})"
 
 
 class LinearDecayTimestep(TimestepSampler):
@@ -132,6 +142,9 @@ class LinearDecayTimestep(TimestepSampler):
             value = getattr(self, name)
             if not 0 < value <= num_train_timesteps:
                 raise ValueError(f"LinearDecayTimestep.{name}={value} must be in 1..{num_train_timesteps}")
+
+    def summary(self) -> str:
+        return f"LinearDecayTimestep({self.start} -> {self.end} over {self.epochs} epochs)"
 
     @property
     def max_t(self) -> int:
@@ -227,6 +240,9 @@ class PolicyTimestep(TimestepSampler):
             last,
         )
         self.reward.build(feature_channels)
+
+    def summary(self) -> str:
+        return f"PolicyTimestep(reward={type(self.reward).__name__}, baseline={self.baseline})"
 
     @property
     def current_entropy_weight(self) -> float:

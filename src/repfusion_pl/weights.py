@@ -37,6 +37,19 @@ class BackboneWeights:
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
+    def describe(self) -> str:
+        """One line: the file and what produced it (student, teacher, layers, sampler, when)."""
+        record, teacher = self.provenance, self.provenance.get("teacher", {})
+        parts = [f"backbone weights {self.path}"]
+        if self.spec is not None:
+            parts.append(f"a {self.spec.arch}/{self.spec.stem}-stem student")
+        if teacher.get("source"):
+            parts.append(f"distilled from {teacher['source']!r} at {', '.join(teacher.get('layers', []))}")
+        if record.get("sampler"):
+            parts.append(f"with {record['sampler']}")
+        parts.append(f"saved {record['saved_at']}" if record.get("saved_at") else "save time not recorded")
+        return ": ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if len(parts) > 2 else "")
+
     @property
     def spec(self) -> BackboneSpec | None:
         """The spec of the backbone that produced these weights, if recorded."""

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -69,6 +70,8 @@ class BaseTask(LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         if weights is not None:
             self.load_backbone(weights)
+            # One line, so that weights from a stale or unexpected run are visible in every log.
+            rank_zero_info(f"loaded {weights.describe()}")
         if freeze_backbone:
             # Lightning keeps each submodule's mode as set, so eval here holds for the whole fit.
             self.backbone_module().requires_grad_(False).eval()

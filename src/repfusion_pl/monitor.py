@@ -1,0 +1,262 @@
+"""Does distillation pay while it runs? A linear probe of the student next to random and teacher features."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from repfusion_pl import rng
+from repfusion_pl.distill import RepFusionDistillation
+from repfusion_pl.probe import fit_ridge_probes, pooled_features, probe_student
+from repfusion_pl.students import Student
+
+
+class LimitedLoader:
+    """The first ``batches`` batches of a loader, every time it is iterated."""
+
+    def __init__(self, loader: Iterable, batches: int) -> None:
+        self.loader, self.batches = loader, batches
+
+    def __iter__(self) -> Iterator:
+        for batch in itertools.islice(self.loader, self.batches):
+            if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+                raise ValueError(
+                    "RepresentationMonitor probes with labels, but its data yields images alone; give it "
+                    "`data:` a labelled data module (labels: true)"
+                )
+            yield batch
+
+
+class RepresentationMonitor(Callback):
+    """Linear-probe the student every few epochs, next to a random-init copy and the teacher.
+
+    Before the first epoch and every ``every_n_epochs`` epochs after, the streamed ridge probe of
+    `repfusion_pl.probe` is fitted on the probe data's training split and scored on its validation
+    split, for the student's pooled features, for a freshly initialised copy of the student (same
+    architecture and taps, seed 0; once: the bar to beat),
+    and for the teacher's tapped features (all taps' pooled features side by side, what the student
+    is distilled to) at the timestep the sampler currently draws most.
+    The scores go to the logger (``probe/student``, ``probe/random``, ``probe/teacher``), to the
+    progress bar (``probe``) and to one console line; at the end of ``fit`` the history is written
+    as ``representation_probe.json`` and ``.png`` next to the logs. The history is callback state,
+    so it survives a resume. The probe draws no random numbers from the run's streams (they are
+    saved and restored around it), so a run with the monitor trains exactly as one without.
+
+    Args:
+        data: A labelled data module to probe on; default the trainer's own.
+        every_n_epochs: Evaluate after every this many epochs.
+        max_images: Images of each split used (the first ones), to bound the cost.
+        knn_k: Also report cosine k-NN accuracy with this many neighbours (``None``: no k-NN).
+        teacher: Also probe the teacher's features (one more forward per image).
+        seed: Seeds the probe's shuffling and augmentation, the same at every evaluation.
+    """
+
+    def __init__(
+        self,
+        data: LightningDataModule | None = None,
+        every_n_epochs: int = 1,
+        max_images: int = 2000,
+        knn_k: int | None = None,
+        teacher: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if every_n_epochs < 1 or max_images < 1:
+            raise ValueError("RepresentationMonitor needs every_n_epochs >= 1 and max_images >= 1")
+        self.data, self.every_n_epochs, self.max_images = data, every_n_epochs, max_images
+        self.knn_k, self.probe_teacher, self.seed = knn_k, teacher, seed
+        #: One entry per evaluation: epoch, accuracies, the teacher's timestep.
+        self.history: list[dict[str, Any]] = []
+        self.random_bar: dict[str, float] | None = None
+
+    # Lightning hooks -----------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.history:
+            self.evaluate(trainer, pl_module, epoch=-1)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.evaluate(trainer, pl_module, epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, before rank 0 writes
+        if trainer.is_global_zero and log_dir is not None and self.history:
+            write_history(self.history, Path(log_dir))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "random_bar": self.random_bar}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.random_bar = state_dict.get("random_bar")
+
+    # The probe -----------------------------------------------------------------------------------
+
+    def loaders(self, trainer: Trainer) -> dict[str, Iterable]:
+        """Training (fit) and validation (score) loaders of the probe data, each cut to ``max_images``."""
+        data = self.data if self.data is not None else trainer.datamodule  # type: ignore[attr-defined]
+        if data is None:
+            raise ValueError("RepresentationMonitor needs `data:` when the trainer has no data module")
+        data.setup("fit")
+        train, val = data.train_dataloader(), data.val_dataloader()
+        batches = max(1, -(-self.max_images // (train.batch_size or 1)))
+        fit, score = LimitedLoader(train, batches), LimitedLoader(val, batches)
+        return {"train": fit, "val": score, "test": score}
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
+        """Probe student, bar and teacher now; log, print and record the result."""
+        saved = rng.capture()  # the probe's shuffles and augmentations must not shift the run's streams
+        start = time.perf_counter()
+        try:
+            # The same probe images and augmentations at every evaluation, in every run and on every
+            # rank: scores move only when the features do.
+            rng.seed_all(self.seed)
+            entry = self._scores(trainer, pl_module, epoch)
+        finally:
+            rng.restore(saved)
+        entry["seconds"] = round(time.perf_counter() - start, 2)  # what the monitor costs, per evaluation
+        self.history.append(entry)
+        self._report(pl_module, entry)
+        return entry
+
+    def _scores(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
+        if not isinstance(pl_module, RepFusionDistillation):
+            raise TypeError(
+                f"RepresentationMonitor watches RepFusionDistillation, not {type(pl_module).__name__}"
+            )
+        student = pl_module.student
+        loaders = self.loaders(trainer)
+        num_classes = self._num_classes(trainer, loaders)
+        was_training = student.training
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "student": probe_student(student, loaders, num_classes)["val_acc"],
+        }
+        student.train(was_training)
+        if self.random_bar is None:
+            self.random_bar = {"val_acc": self._random_bar(student, loaders, num_classes)}
+        entry["random"] = self.random_bar["val_acc"]
+        if self.probe_teacher:
+            entry.update(self._teacher_score(pl_module, loaders, num_classes))
+        if self.knn_k:
+            entry["student_knn"] = knn_accuracy(student_features(student, loaders), self.knn_k)
+            student.train(was_training)
+        return entry
+
+    def _num_classes(self, trainer: Trainer, loaders: dict[str, Iterable]) -> int:
+        data = self.data if self.data is not None else trainer.datamodule  # type: ignore[attr-defined]
+        known = getattr(data, "num_classes", None)
+        if known:
+            return int(known)
+        return int(max(int(labels.max()) for _, labels in loaders["train"])) + 1
+
+    @staticmethod
+    def _random_bar(student: Student, loaders: dict[str, Iterable], num_classes: int) -> float:
+        # The same architecture and taps, freshly initialised from a fixed seed (identical on every rank).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            fresh = Student.from_spec(student.backbone_spec, student.taps).to(
+                next(student.parameters()).device
+            )
+        return float(probe_student(fresh, loaders, num_classes)["val_acc"])
+
+    def _teacher_score(
+        self, pl_module: RepFusionDistillation, loaders: dict[str, Iterable], num_classes: int
+    ) -> dict[str, Any]:
+        teacher, device = pl_module.teacher, pl_module.device
+        images = next(iter(loaders["val"]))[0].to(device)
+        sampler, was_training = pl_module.sampler, pl_module.sampler.training
+        sampler.eval()  # a policy's BatchNorm must not learn from the probe's images
+        with torch.no_grad():  # the timestep the sampler favours now, from a private generator
+            drawn = sampler.draw(images, torch.Generator(device=device).manual_seed(0))
+        sampler.train(was_training)
+        t = int(torch.mode(drawn.timesteps).values)
+        layers = list(teacher.layers)  # what the student is distilled to: every tap, side by side
+
+        def extract(batch: Tensor) -> dict[str, Tensor]:
+            batch = batch.to(device)
+            features = teacher(batch, torch.full((len(batch),), t, device=device, dtype=torch.long))
+            pooled = pooled_features({name: features[name] for name in layers})
+            return {"taps": torch.cat([pooled[name] for name in layers], dim=1)}
+
+        scores = fit_ridge_probes(extract, loaders, ["taps"], num_classes)["taps"]
+        return {"teacher": scores["val_acc"], "t": t}
+
+    def _report(self, pl_module: LightningModule, entry: dict[str, Any]) -> None:
+        # The evaluation before training goes to the console and the history only: the logger gets
+        # one value per key and epoch.
+        for key in ("student", "random", "teacher", "student_knn"):
+            if key in entry and entry["epoch"] >= 0 and training(pl_module):
+                shown = key == "student"
+                pl_module.log(f"probe/{key}", float(entry[key]), prog_bar=shown, on_epoch=True, batch_size=1)
+        teacher = f" | teacher {entry['teacher']:.3f} (t={entry['t']})" if "teacher" in entry else ""
+        knn = f" | student k-NN {entry['student_knn']:.3f}" if "student_knn" in entry else ""
+        when = "before training" if entry["epoch"] < 0 else f"after epoch {entry['epoch']}"
+        rank_zero_info(
+            f"probe {when}: student {entry['student']:.3f} | random {entry['random']:.3f}{teacher}{knn} "
+            f"({entry['seconds']:.1f} s)"
+        )
+
+
+def training(pl_module: LightningModule) -> bool:
+    """Whether the module is inside ``fit``'s training loop, where ``log`` has somewhere to go."""
+    return pl_module._trainer is not None and pl_module.trainer.training
+
+
+def student_features(student: Student, loaders: dict[str, Iterable]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Pooled last-tap features and labels of the ``train`` and ``val`` loaders (eval mode, no grad)."""
+    student.eval()
+    tap, device = student.taps[-1], next(student.parameters()).device
+    out = {}
+    for split in ("train", "val"):
+        feats, labels = [], []
+        with torch.no_grad():
+            for images, target in loaders[split]:
+                feats.append(student(images.to(device))[tap].float().mean(dim=(2, 3)).cpu())
+                labels.append(target)
+        out[split] = (torch.cat(feats), torch.cat(labels))
+    return out
+
+
+def knn_accuracy(features: dict[str, tuple[Tensor, Tensor]], k: int) -> float:
+    """Cosine k-NN accuracy of ``val`` against ``train`` (scikit-learn's classifier)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine").fit(
+        train_x.numpy(), train_y.numpy()
+    )
+    return float((knn.predict(val_x.numpy()) == val_y.numpy()).mean())
+
+
+def write_history(history: list[dict[str, Any]], folder: Path) -> Path:
+    """``representation_probe.json`` and a ``.png`` of the accuracies over the epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "representation_probe.json").write_text(json.dumps(history, indent=1))
+    epochs = [entry["epoch"] + 1 for entry in history]
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    for key, style in (("student", "-o"), ("random", "--"), ("teacher", ":s"), ("student_knn", "-.")):
+        values = [float("nan") if entry.get(key) is None else float(entry[key]) for entry in history]
+        if any(key in entry for entry in history):
+            axis.plot(epochs, values, style, label=key.replace("_", " "), markersize=3)
+    axis.set(xlabel="epochs trained", ylabel="linear-probe val accuracy", title="representation monitor")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "representation_probe.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
