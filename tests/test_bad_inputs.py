@@ -198,6 +198,14 @@ def missing_backbone_weights_file(env: Env) -> str:
 
 
 def labelled_reward_on_unlabelled_data(env: Env) -> None:
+    # The monitor probes on labelled digits, as in configs/distill-no-labels.yaml; the reward gets none.
+    digits = "{class_path: repfusion_pl.data.DigitsDataModule, init_args: {image_size: 8}}"
+    probe = f"{{data: {digits}, max_images: 32}}"
+    monitor = f"[{{class_path: repfusion_pl.RepresentationMonitor, init_args: {probe}}}]"
+    main(distill_cli(env, f"--trainer.callbacks={monitor}", "--data.init_args.labels=false"))
+
+
+def unlabelled_data_for_the_monitor(env: Env) -> None:
     main(distill_cli(env, "--data.init_args.labels=false"))
 
 
@@ -305,6 +313,12 @@ CASES = [
         labelled_reward_on_unlabelled_data,
         r"TaskHeadReward needs labels",
         r"repfusion_pl\.ContrastiveReward",
+    ),
+    (
+        "the monitor on unlabelled data",
+        unlabelled_data_for_the_monitor,
+        r"RepresentationMonitor probes with labels, but the trainer's data yields images alone",
+        r"labelled data module.*distill-no-labels\.yaml",
     ),
     ("recipe without its dataset", recipe_without_its_dataset, r"CIFAR-10 at .*cifar10", r"Expected layout"),
     (

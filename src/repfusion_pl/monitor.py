@@ -23,15 +23,16 @@ from repfusion_pl.students import Student
 class LimitedLoader:
     """The first ``batches`` batches of a loader, every time it is iterated."""
 
-    def __init__(self, loader: Iterable, batches: int) -> None:
-        self.loader, self.batches = loader, batches
+    def __init__(self, loader: Iterable, batches: int, source: str = "its data") -> None:
+        self.loader, self.batches, self.source = loader, batches, source
 
     def __iter__(self) -> Iterator:
         for batch in itertools.islice(self.loader, self.batches):
             if not isinstance(batch, (list, tuple)) or len(batch) != 2:
                 raise ValueError(
-                    "RepresentationMonitor probes with labels, but its data yields images alone; give it "
-                    "`data:` a labelled data module (labels: true)"
+                    f"RepresentationMonitor probes with labels, but {self.source} yields images alone; give "
+                    "the monitor `data:` a labelled data module (labels: true), as "
+                    "configs/distill-no-labels.yaml does, or remove it from trainer.callbacks"
                 )
             yield batch
 
@@ -109,7 +110,8 @@ class RepresentationMonitor(Callback):
         data.setup("fit")
         train, val = data.train_dataloader(), data.val_dataloader()
         batches = max(1, -(-self.max_images // (train.batch_size or 1)))
-        fit, score = LimitedLoader(train, batches), LimitedLoader(val, batches)
+        source = "its `data:`" if self.data is not None else "the trainer's data"
+        fit, score = LimitedLoader(train, batches, source), LimitedLoader(val, batches, source)
         return {"train": fit, "val": score, "test": score}
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
