@@ -112,7 +112,7 @@ class RepresentationMonitor(Callback):
         batches = max(1, -(-self.max_images // (train.batch_size or 1)))
         source = "its `data:`" if self.data is not None else "the trainer's data"
         fit, score = LimitedLoader(train, batches, source), LimitedLoader(val, batches, source)
-        return {"train": fit, "val": score, "test": score}
+        return {"train": fit, "val": score}  # no test split: the monitor reports validation accuracy
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
         """Probe student, bar and teacher now; log, print and record the result."""
@@ -223,7 +223,7 @@ def student_features(student: Student, loaders: dict[str, Iterable]) -> dict[str
         feats, labels = [], []
         with torch.no_grad():
             for images, target in loaders[split]:
-                feats.append(student(images.to(device))[tap].float().mean(dim=(2, 3)).cpu())
+                feats.append(pooled_features({tap: student(images.to(device))[tap]})[tap])
                 labels.append(target)
         out[split] = (torch.cat(feats), torch.cat(labels))
     return out

@@ -129,7 +129,10 @@ class LayerProbes:
 def fit_ridge_probes(
     extract, loaders: dict[str, Iterable], layers: Sequence[str], num_classes: int
 ) -> dict[str, dict]:
-    """Fit on ``train``, choose the ridge strength on ``val``, report ``val`` and ``test`` accuracy."""
+    """Fit on ``train``, choose the ridge strength on ``val``, report ``val`` and ``test`` accuracy.
+
+    Without a ``test`` loader the test pass is skipped and ``test_acc`` is ``None``.
+    """
     grid = LayerProbes(layers, num_classes)
     for images, labels in loaders["train"]:
         for layer, feats in extract(images).items():
@@ -139,11 +142,13 @@ def fit_ridge_probes(
         grid.score(extract(images), labels, None)
     strengths = grid.best_strengths()
     val = grid.accuracy(strengths)
-    test_grid = LayerProbes(layers, num_classes)
-    test_grid.weights = grid.weights
-    for images, labels in loaders["test"]:
-        test_grid.score(extract(images), labels, strengths)
-    test = test_grid.accuracy(strengths)
+    test: dict[str, float | None] = dict.fromkeys(layers)
+    if loaders.get("test") is not None:
+        test_grid = LayerProbes(layers, num_classes)
+        test_grid.weights = grid.weights
+        for images, labels in loaders["test"]:
+            test_grid.score(extract(images), labels, strengths)
+        test.update(test_grid.accuracy(strengths))
     return {
         layer: {"val_acc": val[layer], "test_acc": test[layer], "ridge": RIDGE_STRENGTHS[strengths[layer]]}
         for layer in layers
