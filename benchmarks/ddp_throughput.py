@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from repfusion_pl import PolicyTimestep, RepFusionDistillation, Student
 from speed import build_teacher
+from study.report import environment
 
 
 class StepTimer(Callback):
@@ -71,7 +72,15 @@ def main() -> None:
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
-            json.dumps({"devices": args.devices, "images_per_s": images_per_s, **vars(args)}, default=str)
+            json.dumps(
+                {
+                    "devices": args.devices,
+                    "images_per_s": images_per_s,
+                    **vars(args),
+                    "environment": environment(),
+                },
+                default=str,
+            )
         )
 
 

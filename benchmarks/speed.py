@@ -17,7 +17,9 @@ peak memory of each row (CUDA: ``max_memory_allocated``; CPU: the rise of the pr
 set, sampled every millisecond from the first warm-up call; memory freed by earlier rows is reused,
 so on the CPU it is a lower bound). Prints a table and writes JSON.
 
-Usage: ``python benchmarks/speed.py [--device cpu|cuda] [--precision 32|bf16] [--compile]``.
+Usage: ``python benchmarks/speed.py [--device cpu|cuda] [--precision 32|bf16] [--compile]``;
+``--families sd15,dit-xl2,adm64`` times the teacher families at their real sizes instead
+(`teacher_families.py`, written to ``results/speed-families.json``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torchvision.transforms import v2
 
 from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
 from repfusion_pl.data.labelled_images import TensorImageDataset
+from study.report import environment
 
 # google/ddpm-cifar10-32 unet/config.json, as published on the Hugging Face hub.
 DDPM_CIFAR10_32 = dict(
@@ -138,8 +141,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to warm up)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    parser.add_argument(
+        "--families",
+        type=lambda value: value.split(","),
+        default=None,
+        help="time teacher families instead: sd15,dit-xl2,adm64 (real architectures; teacher_families.py)",
+    )
+    parser.add_argument("--family-batch", type=int, default=2)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.families:
+        from teacher_families import run_families
+
+        out = args.out.with_name("speed-families.json") if args.out.name == "speed.json" else args.out
+        run_families(args.families, args.family_batch, device, args.repeats, out)
+        return
     torch.manual_seed(0)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
@@ -270,6 +286,7 @@ def main() -> None:
         "batch_size": n,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "environment": environment(),
         "rows": results,
         "floor_seconds": floor,
         "authors_over_ours": authors / ours,

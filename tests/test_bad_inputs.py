@@ -241,6 +241,34 @@ def pickle_that_runs_code(env: Env) -> None:
     read_backbone_weights(path)
 
 
+def teacher_folder_of_no_layout(env: Env) -> None:
+    from tiny_pipelines import tiny_vae
+
+    tiny_vae().save_pretrained(env.tmp / "odd" / "vae")
+    DiffusionTeacher(str(env.tmp / "odd"))
+
+
+def text_teacher_without_text_encoder(env: Env) -> None:
+    from tiny_pipelines import save_stable_diffusion
+
+    DiffusionTeacher(str(save_stable_diffusion(env.tmp / "sd", text=False)))
+
+
+def dit_label_not_mapped(env: Env) -> None:
+    from tiny_pipelines import IMAGE_SIZE, save_dit
+
+    teacher = DiffusionTeacher(str(save_dit(env.tmp / "dit")), class_label_map={0: 3})
+    teacher(torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), torch.tensor([0, 1]), torch.tensor([0, 1]))
+
+
+def converter_input_not_guided_diffusion(env: Env) -> str:
+    from conftest import make_tiny_unet
+
+    torch.save(make_tiny_unet(3).state_dict(), env.tmp / "unet.pt")  # a diffusers state dict
+    out = str(env.earlier / "adm")
+    return cli_message(env, "convert-adm", str(env.tmp / "unet.pt"), out, "--config", "imagenet64-cond")
+
+
 CASES = [
     (
         "unknown class_path",
@@ -326,6 +354,30 @@ CASES = [
         recipe_without_its_teacher,
         r"ddpm-never-cached",
         r"huggingface-cli download",
+    ),
+    (
+        "a teacher folder of no known layout",
+        teacher_folder_of_no_layout,
+        r"no diffusion model found in .*odd: found vae/ \(AutoencoderKL\)",
+        r"expected one of these layouts:.*latent_unet.*dit.*convert-adm",
+    ),
+    (
+        "a text-conditioned teacher without its text encoder",
+        text_teacher_without_text_encoder,
+        r"is text-conditioned \(cross_attention_dim=16\) but has no tokenizer/ or text_encoder/",
+        r"copy the whole Stable Diffusion folder",
+    ),
+    (
+        "a DiT with a label the map does not cover",
+        dit_label_not_mapped,
+        r"dataset labels \[1\] have no entry in class_label_map",
+        r"map every label .*leave the map out to condition on its null class",
+    ),
+    (
+        "convert-adm given something other than a guided-diffusion state dict",
+        converter_input_not_guided_diffusion,
+        r"the checkpoint is a diffusers UNet state dict",
+        r"Give the UNet's .pt as openai/guided-diffusion publishes it",
     ),
     (
         "pickle that runs code",

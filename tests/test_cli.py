@@ -84,7 +84,11 @@ def test_print_config_is_complete_and_typed(capsys):
         "input_range",
         "mode",
         "class_label_map",
+        "class_names",
         "revision",
+        "family",
+        "prompt",
+        "image_size",
         "truncate",
         "inference_mode",
         "compile",
@@ -222,10 +226,15 @@ def test_distill_then_dense_task_from_yaml(cli_shapes_distilled, tmp_path, confi
     )
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "paper").glob("*.yaml")))
-def test_paper_recipes_parse_into_complete_configs(config, capsys):
+RECIPE_CONFIGS = sorted(
+    f"{d}/{p.name}" for d in ("paper", "examples") for p in (ROOT / "configs" / d).glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("config", RECIPE_CONFIGS)
+def test_paper_recipes_and_family_examples_parse_into_complete_configs(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--print_config", "--config", str(ROOT / "configs" / "paper" / config)])
+        main(["fit", "--print_config", "--config", str(ROOT / "configs" / config)])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("repfusion_pl.")
@@ -237,12 +246,12 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert set(SUBCOMMANDS) == {"fit", "validate", "test", "predict", "probe", "export"}
+    assert set(SUBCOMMANDS) == {"fit", "validate", "test", "predict", "probe", "export", "convert-adm"}
     for name, subcommand in SUBCOMMANDS.items():
         assert re.search(rf"^\s+{name}\s+{re.escape(subcommand.summary[:30])}", printed, re.M), name
 
 
-@pytest.mark.parametrize("name", ["fit", "validate", "test", "predict", "probe", "export"])
+@pytest.mark.parametrize("name", ["fit", "validate", "test", "predict", "probe", "export", "convert-adm"])
 def test_every_subcommand_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])

@@ -150,16 +150,18 @@ def test_cifar_garbage_batch_is_a_clear_error(cifar_root):
 WNIDS = ["n03000000", "n01000000", "n02000000"]  # not sorted: the class is the position in wnids.txt
 
 
-def write_tiny_imagenet(root: Path, per_class: int = 4, val_per_class: int = 2) -> Path:
+def write_tiny_imagenet(
+    root: Path, per_class: int = 4, val_per_class: int = 2, wnids: list[str] = WNIDS
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     lines = []
-    for index, wnid in enumerate(WNIDS):
+    for index, wnid in enumerate(wnids):
         for i in range(per_class):
             write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLOURS[index], seed=i)
         (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
         for i in range(val_per_class):
-            name = f"val_{i * len(WNIDS) + index}.JPEG"
+            name = f"val_{i * len(wnids) + index}.JPEG"
             write_image(root / "val" / "images" / name, COLOURS[index], seed=100 + i)
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(sorted(lines)) + "\n")

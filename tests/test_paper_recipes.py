@@ -12,9 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision.datasets.cifar as tv_cifar
 
+from adm_reference import random_reference
 from conftest import ROOT, make_tiny_unet, save_pipeline
+from repfusion_pl.adm import AdmConfig
+from repfusion_pl.adm_convert import convert_adm
 from repfusion_pl.cli import main
 from test_data_classification import write_cifar, write_image, write_tiny_imagenet
 from test_data_dense import write_celeba, write_wflw
@@ -38,14 +42,42 @@ def celeba_images(root: Path) -> Path:
     return root
 
 
+#: A guided-diffusion ImageNet model shrunk to 32 px and 32/64 channels: the paper's Tiny-ImageNet
+#: teacher's architecture (scale-shift norm, ResBlock resampling, new attention order, learned sigma,
+#: all 1000 ImageNet classes), as `repfusion convert-adm` converts it.
+TINY_ADM = AdmConfig(
+    image_size=32,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    channel_mult=(1, 2),
+    num_head_channels=16,
+    num_classes=1000,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    attention_order="new",
+    learn_sigma=True,
+    noise_schedule="cosine",
+)
+#: Real Tiny-ImageNet wnids, in an unsorted wnids.txt order (the data module's labels follow it).
+TINY_IMAGENET_WNIDS = ["n02124075", "n01443537", "n07920052"]
+CLASS_MAP = ROOT / "configs/paper/tinyimagenet-to-imagenet.json"
+
+
+def converted_adm(root: Path) -> Path:
+    checkpoint = root / "64x64_diffusion.pt"
+    torch.save(random_reference(TINY_ADM).state_dict(), checkpoint)
+    return convert_adm(checkpoint, root / "guided-diffusion-imagenet64", TINY_ADM)
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> dict[str, Path]:
-    """Tiny RGB teachers: 32 px (pooled losses), 64 px (dense losses: matchable maps), class-conditional."""
+    """Tiny RGB teachers: 32 px (pooled losses), 64 px (dense losses: matchable maps), a converted ADM."""
     root = tmp_path_factory.mktemp("recipe-teachers")
     return {
         "rgb32": save_pipeline(root / "rgb32", make_tiny_unet(3, sample_size=32)),
         "rgb64": save_pipeline(root / "rgb64", make_tiny_unet(3, sample_size=64)),
-        "conditional": save_pipeline(root / "cond", make_tiny_unet(3, sample_size=32, num_class_embeds=8)),
+        "adm": converted_adm(root),
     }
 
 
@@ -64,11 +96,12 @@ RECIPES: dict[str, tuple[Callable[[Path], Path], Callable[[dict[str, Path]], lis
         lambda r: (write_cifar(r), r)[1],
         task("--model.init_args.backbone_weights=null"),
     ),
+    # The recipe's own class map and class_names (data/tiny-imagenet-200/wnids.txt, relative to the run).
     "tinyimagenet-distill.yaml": (
-        write_tiny_imagenet,
+        lambda r: write_tiny_imagenet(r / "tiny-imagenet-200", wnids=TINY_IMAGENET_WNIDS),
         distill(
-            "conditional",
-            '--model.init_args.teacher.init_args.class_label_map={"0": 3, "1": 5, "2": 7}',
+            "adm",
+            f"--model.init_args.teacher.init_args.class_label_map={CLASS_MAP}",
             "--data.init_args.image_size=32",
         ),
     ),
@@ -146,6 +179,23 @@ def test_recipe_runs_on_fixture_data_of_its_layout(recipe, teachers, tmp_path, m
         ]
     )
     assert not (ROOT / "artifacts" / "paper").exists(), "a recipe test wrote into the repository"
+
+
+def test_tiny_imagenet_recipe_conditions_each_image_on_its_imagenet_class(teachers, tmp_path, monkeypatch):
+    import yaml
+
+    from repfusion_pl import DiffusionTeacher
+
+    monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository, like every config
+    recipe = yaml.safe_load((ROOT / "configs/paper/tinyimagenet-distill.yaml").read_text())
+    options = recipe["model"]["init_args"]["teacher"]["init_args"]
+    wnids = write_tiny_imagenet(tmp_path / "tiny", wnids=TINY_IMAGENET_WNIDS) / "wnids.txt"
+    teacher = DiffusionTeacher(
+        str(teachers["adm"]), class_label_map=options["class_label_map"], class_names=str(wnids)
+    )
+    # Egyptian cat, goldfish, espresso: ImageNet-1k 285, 1, 967.
+    assert teacher.teacher_labels(torch.tensor([0, 1, 2])).tolist() == [285, 1, 967]
+    assert options["source"] == "models/guided-diffusion-imagenet64"
 
 
 def readme_recipe_rows() -> dict[str, dict[str, str]]:

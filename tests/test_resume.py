@@ -94,7 +94,9 @@ def compare_checkpoints(straight: Path, resumed: Path, steps: int) -> None:
     ("devices", "confs"),
     [
         (1, ("distill_resume.yaml",)),
-        (2, ("distill_resume.yaml",)),
+        # Two processes on two cores: two minutes; `make test-all` runs it (DDP resume is also covered
+        # by tests/test_cli.py::test_two_process_ddp_on_cpu_then_resume).
+        pytest.param(2, ("distill_resume.yaml",), marks=pytest.mark.slow),
         # configs/distill-no-labels.yaml: images alone, the contrastive reward (its projection is state).
         (1, ("distill_resume.yaml", str(ROOT / "configs" / "distill-no-labels.yaml"))),
     ],

@@ -20,22 +20,35 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _cpu_name() -> str:
+#: Vector extensions that change CPU timings several-fold (the same command measured 3-4x apart).
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    """The CPU model name and which of `VECTOR_FLAGS` it has (Linux ``/proc/cpuinfo``)."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return name, [flag for flag in VECTOR_FLAGS if flag in flags]
 
 
 def environment() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({_cpu_name()})"
+    """Where the numbers were measured: device, CPU model and vector extensions, threads, versions."""
+    cpu, flags = _cpuinfo()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cpu})"
     return {
         "device": device,
+        "cpu": cpu,
+        "cpu_vector_extensions": flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,

@@ -29,6 +29,7 @@ import repfusion_pl.distill  # noqa: F401
 import repfusion_pl.tasks  # noqa: F401
 import repfusion_pl.teacher_training  # noqa: F401
 from repfusion_pl._version import __version__
+from repfusion_pl.adm_convert import convert_adm_command
 from repfusion_pl.checkpoints import CONFIG_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from repfusion_pl.cli_errors import ConfigBuildError, build_error, config_error_hint, unwrap_worker_error
 from repfusion_pl.preemption import Preemption
@@ -185,8 +186,19 @@ def probe_parser() -> ArgumentParser:
         "--teacher", type=str, required=True, help="hub id, diffusers folder or teacher .ckpt"
     )
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    parser.add_argument(
+        "--teacher_options",
+        type=dict | None,
+        default=None,
+        help="more DiffusionTeacher arguments, e.g. {image_size: 256, prompt: ''}",
+    )
     parser.add_argument("--num_classes", type=int | None, default=None, help="default: data.num_classes")
-    parser.add_argument("--layers", type=list[str] | None, default=None, help="default: one per UNet level")
+    parser.add_argument(
+        "--layers",
+        type=list[str] | None,
+        default=None,
+        help="default: encoder, middle and decoder layers of the family",
+    )
     parser.add_argument(
         "--layer_sets",
         type=list[list[str]] | None,
@@ -218,7 +230,7 @@ def probe_command(args: Sequence[str]) -> None:
     in_channels = next(iter(data.train_dataloader()))[0].shape[1]
     student = Student(config.student.arch, stem=config.student.stem, in_channels=in_channels)
     result = probe_teacher(
-        config.teacher,
+        {**(config.teacher_options or {}), "source": config.teacher},
         data,
         data_config,
         config.timesteps,
@@ -268,6 +280,9 @@ SUBCOMMANDS = {
         "linear-probe a teacher's layers x timesteps against a random-init student", probe_command
     ),
     "export": Subcommand("write a distilled student backbone as safetensors", export_command),
+    "convert-adm": Subcommand(
+        "convert an OpenAI guided-diffusion (ADM) checkpoint into a diffusers folder", convert_adm_command
+    ),
 }
 
 

@@ -10,7 +10,7 @@ teacher is only worth distilling when its features clearly beat random ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,28 @@ from repfusion_pl.probe_report import (
 )
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.teachers.teacher import MissingClassLabelMapError
 
 RIDGE_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def candidate_layers(teacher: DiffusionTeacher) -> list[str]:
-    """The last ResNet of every UNet level going down, both mid-block ResNets, and every level coming up.
+    """The layers the probe searches by default: encoder, middle and decoder of the teacher's family.
 
-    Published probes of diffusion UNets (DDAE) find the best features in the decoder at small t, so
-    the decoder is searched too (probing it runs the whole UNet).
+    For UNets: the last ResNet of every level going down, both mid-block ResNets, and every level
+    coming up; for DiT: six blocks from first to last. Published probes of diffusion UNets (DDAE)
+    find the best features in the decoder at small t, so the decoder is searched too (probing it
+    runs the whole denoiser).
     """
-    unet = teacher.unet
-    layers = [f"down_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.down_blocks)]
-    layers += ["mid_block.resnets.0", "mid_block.resnets.1.conv2"]
-    layers += [f"up_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.up_blocks)]
-    return layers
+    return teacher.family.candidate_layers()
 
 
-def default_layer_sets(layers: Sequence[str]) -> list[list[str]]:
+def default_layer_sets(
+    layers: Sequence[str], is_decoder: Callable[[str], bool] = lambda layer: layer.startswith("up_blocks")
+) -> list[list[str]]:
     """Concatenations worth scoring: the encoder side (down and mid), the decoder side, and all layers."""
-    encoder = [layer for layer in layers if not layer.startswith("up_blocks")]
-    decoder = [layer for layer in layers if layer.startswith("up_blocks")]
+    encoder = [layer for layer in layers if not is_decoder(layer)]
+    decoder = [layer for layer in layers if is_decoder(layer)]
     sets: list[list[str]] = []
     for group in (encoder, decoder, list(layers)):
         if len(group) > 1 and group not in sets:
@@ -172,7 +173,7 @@ def probe_student(student: Student, loaders: dict[str, Iterable], num_classes: i
 
 
 def run_probe(
-    teacher_source: str,
+    teacher_source: str | dict[str, Any],
     loaders: dict[str, Iterable],
     num_classes: int,
     timesteps: Sequence[int],
@@ -184,7 +185,7 @@ def run_probe(
     """Probe every (layer or layer set, timestep) of a teacher, and a random-init student as the bar.
 
     Args:
-        teacher_source: What `DiffusionTeacher` loads.
+        teacher_source: What `DiffusionTeacher` loads: its ``source``, or a dict of its arguments.
         loaders: ``train``, ``val`` and ``test`` iterables of ``(images, labels)`` batches.
         num_classes: Number of classes.
         timesteps: Timesteps to probe.
@@ -198,14 +199,33 @@ def run_probe(
         ``{"rows": [...], "random_student": {...} | None, "best": {...}}``; a row's ``layer`` is a
         layer path or a ``+``-joined layer set.
     """
-    layers = list(layers) if layers else candidate_layers(DiffusionTeacher(teacher_source))
-    sets = [list(group) for group in (default_layer_sets(layers) if layer_sets is None else layer_sets)]
+    options = dict(teacher_source) if isinstance(teacher_source, dict) else {"source": teacher_source}
+    options.pop("layers", None)
+    options.pop("compile", None)  # compiled regions would swallow the taps the probe moves around
+    if options.get("class_label_map"):
+        raise ValueError(
+            "the probe scores features of images without their labels: remove class_label_map (a "
+            "teacher conditioned on each image's true class would leak the label into its features; "
+            "a DiT is probed on its null class)"
+        )
+    try:
+        teacher = DiffusionTeacher(**options, layers=layers)
+    except MissingClassLabelMapError:
+        raise ValueError(
+            f"teacher {options['source']!r} is class-conditional without a null class, so it has no "
+            "label-free features to probe; probe an unconditional or classifier-free-guidance teacher"
+        ) from None
+    if not layers:
+        layers = candidate_layers(teacher)
+        teacher.retap(layers)
+    layers = list(layers)
+    default_sets = default_layer_sets(layers, teacher.family.is_decoder_layer)
+    sets = [list(group) for group in (default_sets if layer_sets is None else layer_sets)]
     for group in sets:
         if unknown := [layer for layer in group if layer not in layers]:
             raise ValueError(
                 f"layer set {group} names {unknown}, which are not among the probed layers {layers}"
             )
-    teacher = DiffusionTeacher(teacher_source, layers=layers)
     names = [*layers, *(set_name(group) for group in sets)]
     rows = []
     bar = tqdm(total=len(timesteps) + (student is not None), desc="probe", disable=not progress)
@@ -231,7 +251,13 @@ def run_probe(
     bar.close()
     best = dict(max(rows, key=lambda row: (row["val_acc"], -row["timestep"])))
     best["head_layer"] = best_single_layer(rows, best)
-    return {"teacher": teacher_source, "rows": rows, "random_student": baseline, "best": best}
+    return {
+        "teacher": options["source"],
+        "teacher_options": options,
+        "rows": rows,
+        "random_student": baseline,
+        "best": best,
+    }
 
 
 def best_single_layer(rows: Sequence[dict[str, Any]], best: dict[str, Any]) -> str:
@@ -257,7 +283,7 @@ def split_loaders(data: LightningDataModule) -> dict[str, Iterable]:
 
 
 def probe_teacher(
-    teacher_source: str,
+    teacher_source: str | dict[str, Any],
     data: LightningDataModule,
     data_config: dict[str, Any],
     timesteps: Sequence[int],
@@ -271,7 +297,7 @@ def probe_teacher(
     """The probe as ``repfusion probe`` runs it: grid, random-init bar, report and distillation configs.
 
     Args:
-        teacher_source: What `DiffusionTeacher` loads.
+        teacher_source: What `DiffusionTeacher` loads: its ``source``, or a dict of its arguments.
         data: A labelled data module (every label is used).
         data_config: Its config block (``class_path`` + ``init_args``), for the written configs.
         timesteps: Timesteps of the grid.

@@ -133,7 +133,8 @@ def distill_overrides(
     head_layer = {"head_layer": best["head_layer"]} if several else {}
 
     def override(name: str, sampler: dict) -> dict:
-        teacher = {"source": result["teacher"], "layers": layers_of(best["layer"])}
+        options = result.get("teacher_options") or {"source": result["teacher"]}
+        teacher = {**options, "layers": layers_of(best["layer"])}
         return {
             "trainer": {
                 "default_root_dir": str(out / "runs"),
