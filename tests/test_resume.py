@@ -16,6 +16,7 @@ from conftest import ROOT, distill_command, quiet_trainer, run_repfusion
 from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, TimestepTelemetry
 from repfusion_pl.checkpoints import CONFIG_KEY, read_checkpoint
 from repfusion_pl.cli import with_checkpoint_config
+from repfusion_pl.data import DigitsDataModule
 from repfusion_pl.data.labelled_images import TensorImageDataset
 from repfusion_pl.optim import LRSchedule
 
@@ -74,6 +75,49 @@ def test_resume_at_an_epoch_boundary_equals_the_straight_run(gray_teacher_dir: P
     assert final_resumed["lr_schedulers"] == final_straight["lr_schedulers"]
 
 
+def fit_digits(
+    teacher_dir: Path, root: Path, workers: int, max_steps: int = -1, ckpt_path: Path | None = None
+) -> tuple[RepFusionDistillation, TimestepTelemetry]:
+    """Two epochs of five batches of augmented digits, a checkpoint every three steps (mid-epoch)."""
+    seed_everything(0)
+    module = RepFusionDistillation(
+        DiffusionTeacher(str(teacher_dir)), Student("resnet18", in_channels=1), PolicyTimestep(10)
+    )
+    telemetry = TimestepTelemetry(plot=False)
+    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_last=True), telemetry]
+    trainer = quiet_trainer(
+        root,
+        max_epochs=2,
+        max_steps=max_steps,
+        limit_train_batches=5,
+        limit_val_batches=0,
+        deterministic=True,
+        callbacks=callbacks,
+        enable_checkpointing=True,
+    )
+    data = DigitsDataModule(image_size=8, batch_size=16, num_workers=workers)  # random-crop augmentation
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module, telemetry
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_resume_continues_the_same_batches_and_augmentation(
+    gray_teacher_dir: Path, tmp_path: Path, workers: int
+) -> None:
+    straight, straight_telemetry = fit_digits(gray_teacher_dir, tmp_path / "straight", workers)
+    fit_digits(gray_teacher_dir, tmp_path / "first", workers, max_steps=7)
+    first = read_checkpoint(tmp_path / "first" / "last.ckpt")
+    # Saved after step 6: one batch into epoch 1; the loader's position is the trainer's, not its workers'.
+    assert first["global_step"] == 6
+    assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1}]
+    resumed, resumed_telemetry = fit_digits(
+        gray_teacher_dir, tmp_path / "second", workers, ckpt_path=tmp_path / "first" / "last.ckpt"
+    )
+    assert resumed_telemetry.history == straight_telemetry.history  # the interrupted epoch's counts too
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def distill_args(teacher_dir: Path, root: Path, *extra: str) -> list[str]:
     return distill_command(teacher_dir, root, "distill_resume.yaml", *extra)
 
@@ -119,6 +163,23 @@ def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
     assert stored["model"]["init_args"]["teacher"]["init_args"]["source"] == str(gray_teacher_dir)
     # No config and no repeated arguments: everything but the new epoch budget comes from the checkpoint.
     done = run_repfusion("fit", f"--ckpt_path={first}", "--trainer.max_epochs=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compare_checkpoints(tmp_path / "straight" / "last.ckpt", first, steps=4)
+
+
+@pytest.mark.slow  # two processes, three runs: about two minutes on two cores
+def test_two_process_ddp_mid_epoch_resume_equals_the_straight_run(
+    gray_teacher_dir: Path, tmp_path: Path
+) -> None:
+    ddp = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
+    every_step = "--trainer.callbacks.init_args.every_n_train_steps=1"
+    for root, steps in (("straight", -1), ("first", 3)):  # step 3: one batch into epoch 1
+        args = distill_args(gray_teacher_dir, tmp_path / root, "--trainer.max_epochs=2", every_step, *ddp)
+        done = run_repfusion(*args, f"--trainer.max_steps={steps}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first = tmp_path / "first" / "last.ckpt"
+    assert read_checkpoint(first)["global_step"] == 3
+    done = run_repfusion("fit", f"--ckpt_path={first}", "--trainer.max_steps=-1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     compare_checkpoints(tmp_path / "straight" / "last.ckpt", first, steps=4)
 

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from repfusion_pl import rng
+from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.distill import RepFusionDistillation
 from repfusion_pl.probe import fit_ridge_probes, pooled_features, probe_student
 from repfusion_pl.students import Student
@@ -108,7 +109,13 @@ class RepresentationMonitor(Callback):
         if data is None:
             raise ValueError("RepresentationMonitor needs `data:` when the trainer has no data module")
         data.setup("fit")
-        train, val = data.train_dataloader(), data.val_dataloader()
+        # Every rank probes all the probe images (the trainer's loader is this rank's share under DDP).
+        train = (
+            data.train_dataloader(shard=False)
+            if isinstance(data, BaseDataModule)
+            else data.train_dataloader()
+        )
+        val = data.val_dataloader()
         batches = max(1, -(-self.max_images // (train.batch_size or 1)))
         source = "its `data:`" if self.data is not None else "the trainer's data"
         fit, score = LimitedLoader(train, batches, source), LimitedLoader(val, batches, source)

@@ -35,6 +35,12 @@ class TimestepTelemetry(Callback):
         self.history: list[list[int]] = []
         # A plain tensor, not a module buffer: DDP would overwrite every rank's counts with rank 0's.
         self._counts: Tensor | None = None
+        self._trainer: Trainer | None = None
+        # A mid-epoch checkpoint's counts so far (all ranks summed), for the resumed epoch to continue.
+        self._restored_counts: list[int] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         teacher = getattr(pl_module, "teacher", None)
@@ -44,13 +50,22 @@ class TimestepTelemetry(Callback):
                 f"{type(pl_module).__name__}; remove it from trainer.callbacks"
             )
         self._counts = torch.zeros(teacher.num_train_timesteps, device=pl_module.device)
+        self._restored_counts = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         timesteps = outputs.get("timesteps") if isinstance(outputs, Mapping) else None
-        if timesteps is not None and self._counts is not None:
-            self._counts += torch.bincount(timesteps, minlength=len(self._counts))
+        if timesteps is None:
+            return
+        if self._counts is None:  # resumed mid-epoch: no epoch start; rank 0 carries the saved counts
+            restored = self._restored_counts if trainer.is_global_zero else None
+            steps = int(getattr(pl_module, "teacher").num_train_timesteps)  # noqa: B009 (checked at epoch start)
+            self._counts = torch.zeros(steps, device=pl_module.device)
+            if restored:
+                self._counts += torch.tensor(restored, device=pl_module.device)
+            self._restored_counts = None
+        self._counts += torch.bincount(timesteps, minlength=len(self._counts))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._counts is None:
@@ -59,6 +74,7 @@ class TimestepTelemetry(Callback):
         assert isinstance(gathered, Tensor)
         counts = gathered.sum(0) if gathered.dim() > 1 else gathered
         self.history.append(counts.long().tolist())
+        self._counts = None  # the epoch is in the history now; a checkpoint from here has no partial counts
         logger = trainer.logger
         if isinstance(logger, TensorBoardLogger) and counts.sum() > 0:
             values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
@@ -76,10 +92,21 @@ class TimestepTelemetry(Callback):
             plot_timestep_evolution(self.history, folder / "timesteps.png")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "epoch_counts": self._epoch_counts_so_far()}
+
+    def _epoch_counts_so_far(self) -> list[int] | None:
+        """The unfinished epoch's counts, summed over ranks (every rank saves a checkpoint together)."""
+        if self._counts is None:
+            return None
+        counts = self._counts
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+        return counts.long().tolist()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [list(counts) for counts in state_dict.get("history", [])]
+        self._restored_counts = state_dict.get("epoch_counts")
 
 
 def plot_timestep_evolution(per_epoch: Sequence[Sequence[int]], path: str | Path, bins: int = 50) -> Path:

@@ -13,9 +13,13 @@ or the images alone, from data modules set to ``labels: false`` (label-free dist
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+
+from repfusion_pl.data.resumable import ResumableDataLoader
 
 IGNORE_INDEX = 255
 
@@ -59,22 +63,41 @@ class BaseDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.splits: dict[str, Dataset] = {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, shard: bool = True) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"{type(self).__name__} has no {split!r} split; call setup() first")
         dataset = self.splits[split]
-        return DataLoader(
-            dataset,
+        options: dict[str, Any] = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.num_workers > 0 and torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+        )
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        trainer = self.trainer if shard else None
+        return ResumableDataLoader(
+            dataset,
+            progress=self._training_progress,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            seed=torch.initial_seed(),  # what `seed_everything` set: the run's seed
+            drop_last=len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            **options,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _training_progress(self) -> tuple[int, int]:
+        """The epoch the trainer runs and the training batches it has processed in it (0, 0 without one)."""
+        if self.trainer is None:
+            return 0, 0
+        loop = self.trainer.fit_loop
+        # The epoch Lightning hands to `sampler.set_epoch` (the fit loop's processed count).
+        epoch = getattr(loop.epoch_progress.current, "processed", self.trainer.current_epoch)
+        return int(epoch), int(getattr(loop.epoch_loop.batch_progress.current, "processed", 0))
+
+    def train_dataloader(self, shard: bool = True) -> DataLoader:
+        """The shuffled training loader: under DDP this rank's share, unless ``shard`` is false."""
+        return self._loader("train", shuffle=True, shard=shard)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
