@@ -18,6 +18,15 @@ HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 2  # distill_args limits each epoch to two batches
 
 
+@pytest.fixture(scope="module")
+def straight_run(gray_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted three-epoch run every interrupted one must end equal to: its last.ckpt."""
+    root = tmp_path_factory.mktemp("straight")
+    done = run_repfusion(*distill_args(gray_teacher_dir, root / "run", "--trainer.max_epochs=3"), cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "run" / "last.ckpt"
+
+
 @pytest.mark.parametrize(
     ("point", "n", "intact_step"),
     [
@@ -28,7 +37,7 @@ STEPS_PER_EPOCH = 2  # distill_args limits each epoch to two batches
     ],
 )
 def test_sigkill_then_resume_from_what_is_on_disk(
-    gray_teacher_dir: Path, tmp_path: Path, point: str, n: int, intact_step: int
+    gray_teacher_dir: Path, tmp_path: Path, point: str, n: int, intact_step: int, straight_run: Path
 ) -> None:
     root = tmp_path / "run"
     args = distill_args(gray_teacher_dir, root, "--trainer.max_epochs=3")
@@ -49,13 +58,14 @@ def test_sigkill_then_resume_from_what_is_on_disk(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = read_checkpoint(root / "last.ckpt")
     assert final["global_step"] == 3 * STEPS_PER_EPOCH
+    compare_checkpoints(straight_run, root / "last.ckpt", steps=3 * STEPS_PER_EPOCH)
     assert len(timestep_history(final)) == 3
 
 
 # SIGUSR1 takes the same path as SIGTERM (one handler); its 45 s run is left to `make test-all`.
 @pytest.mark.parametrize("point", ["sigterm", pytest.param("sigusr1", marks=pytest.mark.slow)])
 def test_a_scheduler_signal_saves_a_checkpoint_and_names_the_resume_command(
-    gray_teacher_dir: Path, tmp_path: Path, point: str
+    gray_teacher_dir: Path, tmp_path: Path, point: str, straight_run: Path
 ) -> None:
     root = tmp_path / "run"
     args = distill_args(gray_teacher_dir, root, "--trainer.max_epochs=3")
@@ -76,10 +86,7 @@ def test_a_scheduler_signal_saves_a_checkpoint_and_names_the_resume_command(
     resumed = run_repfusion("fit", f"--ckpt_path={root / 'last.ckpt'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The pre-empted run, resumed mid-epoch, ends exactly where an uninterrupted one does.
-    straight = tmp_path / "straight"
-    done = run_repfusion(*distill_args(gray_teacher_dir, straight, "--trainer.max_epochs=3"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    compare_checkpoints(straight / "last.ckpt", root / "last.ckpt", steps=3 * STEPS_PER_EPOCH)
+    compare_checkpoints(straight_run, root / "last.ckpt", steps=3 * STEPS_PER_EPOCH)
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(

@@ -137,12 +137,17 @@ def compare_checkpoints(straight: Path, resumed: Path, steps: int) -> None:
 @pytest.mark.parametrize(
     ("devices", "confs"),
     [
-        (1, ("distill_resume.yaml",)),
-        # Two processes on two cores: two minutes; `make test-all` runs it (DDP resume is also covered
-        # by tests/test_cli.py::test_two_process_ddp_on_cpu_then_resume).
+        # All three in `make test-all` (1-2 min each): the fast suite resumes a CLI run from the
+        # checkpoint alone in tests/test_crash_safety.py (SIGTERM, compared with a straight run) and
+        # under DDP in tests/test_cli.py::test_two_process_ddp_on_cpu_then_resume.
+        pytest.param(1, ("distill_resume.yaml",), marks=pytest.mark.slow),
         pytest.param(2, ("distill_resume.yaml",), marks=pytest.mark.slow),
         # configs/distill-no-labels.yaml: images alone, the contrastive reward (its projection is state).
-        (1, ("distill_resume.yaml", str(ROOT / "configs" / "distill-no-labels.yaml"))),
+        pytest.param(
+            1,
+            ("distill_resume.yaml", str(ROOT / "configs" / "distill-no-labels.yaml")),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["one-process", "two-process-ddp", "unlabelled-contrastive-reward"],
 )
