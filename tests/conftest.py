@@ -144,6 +144,22 @@ def distill_command(
     ]
 
 
+def shapes_distill_command(teacher: Path, root: Path, *extra: str) -> list[str]:
+    """``repfusion fit`` arguments: configs/shapes-distill.yaml + tests/conf/shapes_distill_tiny.yaml (16 px,
+    two steps), writing under ``root`` (checkpoints in ``root/ckpts``); ``extra`` last."""
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs/shapes-distill.yaml"),
+        "--config",
+        str(CONF / "shapes_distill_tiny.yaml"),
+        *extra,
+        f"--model.init_args.teacher.init_args.source={teacher}",
+        f"--trainer.callbacks.init_args.dirpath={root / 'ckpts'}",
+        f"--trainer.default_root_dir={root}",
+    ]
+
+
 def run_repfusion(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``repfusion`` in a fresh Python process (DDP, resumes and kills need their own process)."""
     command = [sys.executable, "-m", "repfusion_pl.cli", *args]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONF, ROOT, distill_command, run_repfusion
+from conftest import CONF, ROOT, distill_command, run_repfusion, shapes_distill_command
 from repfusion_pl.cli import SUBCOMMANDS, main
 
 
@@ -194,18 +194,7 @@ def cli_shapes_distilled(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("shapes")
     teacher = save_pipeline(root / "teacher", make_tiny_unet(3, sample_size=16))
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/shapes-distill.yaml"),
-            "--config",
-            str(CONF / "shapes_distill_tiny.yaml"),
-            f"--model.init_args.teacher.init_args.source={teacher}",
-            f"--trainer.callbacks.init_args.dirpath={root / 'ckpts'}",
-            f"--trainer.default_root_dir={root}",
-        ]
-    )
+    main(shapes_distill_command(teacher, root))
     return root / "ckpts" / "last.ckpt"
 
 

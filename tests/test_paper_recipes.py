@@ -6,6 +6,7 @@ the distilled weights); every optimiser, schedule, loss, head and augmentation s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -17,9 +18,9 @@ import torchvision.datasets.cifar as tv_cifar
 
 from adm_reference import random_reference
 from conftest import ROOT, make_tiny_unet, save_pipeline
-from repfusion_pl.adm import AdmConfig
 from repfusion_pl.adm_convert import convert_adm
 from repfusion_pl.cli import main
+from test_convert_adm import TINY
 from test_data_classification import write_cifar, write_image, write_tiny_imagenet
 from test_data_dense import write_celeba, write_wflw
 
@@ -45,20 +46,7 @@ def celeba_images(root: Path) -> Path:
 #: A guided-diffusion ImageNet model shrunk to 32 px and 32/64 channels: the paper's Tiny-ImageNet
 #: teacher's architecture (scale-shift norm, ResBlock resampling, new attention order, learned sigma,
 #: all 1000 ImageNet classes), as `repfusion convert-adm` converts it.
-TINY_ADM = AdmConfig(
-    image_size=32,
-    model_channels=32,
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    channel_mult=(1, 2),
-    num_head_channels=16,
-    num_classes=1000,
-    use_scale_shift_norm=True,
-    resblock_updown=True,
-    attention_order="new",
-    learn_sigma=True,
-    noise_schedule="cosine",
-)
+TINY_ADM = dataclasses.replace(TINY, image_size=32, channel_mult=(1, 2), num_classes=1000)
 #: Real Tiny-ImageNet wnids, in an unsorted wnids.txt order (the data module's labels follow it).
 TINY_IMAGENET_WNIDS = ["n02124075", "n01443537", "n07920052"]
 CLASS_MAP = ROOT / "configs/paper/tinyimagenet-to-imagenet.json"

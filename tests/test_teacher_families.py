@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from conftest import CONF, ROOT, cache_hub_repo
+from conftest import CONF, cache_hub_repo, shapes_distill_command
 from repfusion_pl import DiffusionTeacher
 from repfusion_pl.cli import main
 from tiny_pipelines import IMAGE_SIZE, save_dit, save_stable_diffusion
@@ -197,22 +197,10 @@ def test_image_size_must_suit_the_vae_and_patches(dit_dir):
     ("folder", "conf"), [("sd_dir", "teacher_sd_tiny.yaml"), ("dit_dir", "teacher_dit_tiny.yaml")]
 )
 def test_distils_through_the_cli_with_only_the_teacher_changed_and_resumes(request, tmp_path, folder, conf):
+    teacher = request.getfixturevalue(folder)
+
     def fit(*extra: str) -> None:
-        main(
-            [
-                "fit",
-                "--config",
-                str(ROOT / "configs/shapes-distill.yaml"),
-                "--config",
-                str(CONF / "shapes_distill_tiny.yaml"),
-                "--config",
-                str(CONF / conf),
-                f"--model.init_args.teacher.init_args.source={request.getfixturevalue(folder)}",
-                f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpts'}",
-                f"--trainer.default_root_dir={tmp_path}",
-                *extra,
-            ]
-        )
+        main(shapes_distill_command(teacher, tmp_path, "--config", str(CONF / conf), *extra))
 
     fit()
     checkpoint = torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=True)
