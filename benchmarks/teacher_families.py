@@ -36,6 +36,9 @@ from diffusers import (
 )
 
 from repfusion_pl import DiffusionTeacher, RepFusionDistillation, Student, UniformTimestep
+from repfusion_pl.teachers.adm import ADM_PRESETS, diffusers_unet_for
+from study.report import environment
+from timing import measure
 
 SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
 
@@ -158,8 +161,6 @@ def save_dit_xl2(directory: Path) -> dict[str, Any]:
 
 def save_adm64(directory: Path) -> dict[str, Any]:
     """guided-diffusion's ImageNet-64 class-conditional UNet as `repfusion convert-adm` writes it."""
-    from repfusion_pl.adm import ADM_PRESETS, diffusers_unet_for
-
     unet = diffusers_unet_for(ADM_PRESETS["imagenet64-cond"])
     unet.save_pretrained(directory / "unet")
     DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(directory / "scheduler")
@@ -212,9 +213,6 @@ def family_rows(name: str, batch: int, measure: Callable, device: torch.device, 
 
 def run_families(names: list[str], batch: int, device: torch.device, repeats: int, out: Path) -> dict:
     """Time every named family, print one table, write ``out`` (JSON with the machine)."""
-    from speed import measure
-    from study.report import environment
-
     unknown = sorted(set(names) - set(FAMILIES))
     if unknown:
         raise SystemExit(f"unknown families {unknown}; choose from {sorted(FAMILIES)}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repfusion_pl.adm import AdmConfig
+from repfusion_pl.teachers.adm.config import AdmConfig
 
 
 class GroupNorm32(nn.GroupNorm):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from repfusion_pl.teacher_training import build_unet
+from repfusion_pl.teachers.training import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Committed tiny configs, applied on top of the project's own (`--config A --config B`).

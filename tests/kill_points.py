@@ -21,7 +21,7 @@ def die() -> None:
 
 def install(point: str, n: int) -> None:
     if point == "step":
-        from repfusion_pl.distill import RepFusionDistillation
+        from repfusion_pl.distillation.module import RepFusionDistillation
 
         original_step = RepFusionDistillation.training_step
 
@@ -33,7 +33,7 @@ def install(point: str, n: int) -> None:
 
         RepFusionDistillation.training_step = training_step  # type: ignore[method-assign]
     elif point in ("sigterm", "sigusr1"):
-        from repfusion_pl.distill import RepFusionDistillation
+        from repfusion_pl.distillation.module import RepFusionDistillation
 
         original = RepFusionDistillation.training_step
         signum = signal.SIGTERM if point == "sigterm" else signal.SIGUSR1
@@ -60,7 +60,7 @@ def install(point: str, n: int) -> None:
 
         checkpoints.write_temporary = write_temporary
     elif point == "between":
-        from repfusion_pl.distill import RepFusionDistillation
+        from repfusion_pl.distillation.module import RepFusionDistillation
 
         original_start = RepFusionDistillation.on_train_epoch_start
 

@@ -24,9 +24,9 @@ from conftest import distill_command
 from repfusion_pl import BackboneSpec, DiffusionTeacher, FixedTimestep, RepFusionDistillation, Student
 from repfusion_pl.cli import main
 from repfusion_pl.data import ImageFolderDataModule
-from repfusion_pl.losses import DenseMSELoss
+from repfusion_pl.distillation.losses import DenseMSELoss
+from repfusion_pl.students.weights import export_backbone, read_backbone_weights
 from repfusion_pl.tasks import ClassificationTask
-from repfusion_pl.weights import export_backbone, read_backbone_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

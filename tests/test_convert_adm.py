@@ -12,17 +12,18 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-import repfusion_pl.adm_convert as adm_convert
+import repfusion_pl.teachers.adm.convert as adm_convert
 from adm_reference import ReferenceUNet, random_reference
-from repfusion_pl.adm import (
+from repfusion_pl.cli import SUBCOMMANDS, main
+from repfusion_pl.teachers.adm import (
     ADM_PRESETS,
     AdmConfig,
     AdmConversionError,
+    convert_adm,
+    convert_adm_state_dict,
     diffusers_unet_for,
     expected_adm_shapes,
 )
-from repfusion_pl.adm_convert import convert_adm, convert_adm_state_dict
-from repfusion_pl.cli import SUBCOMMANDS, main
 
 #: 16 px, widths (32, 64, 64), attention at rate 2 (level 1) and in the middle, 4 heads of 16 channels.
 TINY = AdmConfig(

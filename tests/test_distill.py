@@ -176,7 +176,7 @@ def test_several_teacher_layers_into_one_student_tap_are_concatenated_and_projec
     images = torch.rand(4, 1, 8, 8)
     losses, feats = module.feature_losses(images, torch.full((4,), 10), None)
     assert set(losses) == {"feature"} and set(feats) == set(layers)
-    from repfusion_pl.projectors import concat_maps
+    from repfusion_pl.distillation.projectors import concat_maps
 
     target = concat_maps([feats[layer] for layer in layers])
     assert target.shape[1] == channels and target.shape[-2:] == feats[layers[0]].shape[-2:]

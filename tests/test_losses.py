@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from repfusion_pl.losses import (
+from repfusion_pl.distillation.losses import (
     AttentionTransferLoss,
     DenseL1Loss,
     DenseMSELoss,

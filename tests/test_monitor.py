@@ -10,11 +10,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import distill_command, quiet_trainer, run_repfusion
-from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, rng
+from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
 from repfusion_pl.checkpoints import read_checkpoint
 from repfusion_pl.data import DigitsDataModule
-from repfusion_pl.monitor import RepresentationMonitor
-from repfusion_pl.probe import probe_student
+from repfusion_pl.distillation import rng
+from repfusion_pl.probing import probe_student
+from repfusion_pl.probing.monitor import RepresentationMonitor
 
 
 def make_module(teacher_dir: Path) -> RepFusionDistillation:
@@ -116,7 +117,7 @@ def test_two_process_ddp_logs_one_value_per_evaluation(gray_teacher_dir, tmp_pat
 
 def test_the_teacher_score_is_the_probe_of_all_taps_side_by_side(gray_teacher_dir):
     from repfusion_pl import FixedTimestep
-    from repfusion_pl.probe import run_probe
+    from repfusion_pl.probing import run_probe
 
     two = ["mid_block.resnets.0", "up_blocks.1.resnets.1"]
     module = RepFusionDistillation(

@@ -18,8 +18,8 @@ import torchvision.datasets.cifar as tv_cifar
 
 from adm_reference import random_reference
 from conftest import ROOT, make_tiny_unet, save_pipeline
-from repfusion_pl.adm_convert import convert_adm
 from repfusion_pl.cli import main
+from repfusion_pl.teachers.adm.convert import convert_adm
 from test_convert_adm import TINY
 from test_data_classification import write_cifar, write_image, write_tiny_imagenet
 from test_data_dense import write_celeba, write_wflw

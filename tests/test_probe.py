@@ -8,7 +8,7 @@ import yaml
 
 from conftest import ROOT
 from repfusion_pl.cli import main
-from repfusion_pl.probe import RIDGE_STRENGTHS, StreamingRidge
+from repfusion_pl.probing import RIDGE_STRENGTHS, StreamingRidge
 
 
 def test_streamed_ridge_equals_the_closed_form_on_all_the_data():
@@ -109,7 +109,7 @@ def test_probe_refuses_something_that_is_not_a_data_module(gray_teacher_dir, tmp
 
 def test_candidate_layers_cover_the_decoder_and_layer_sets_concatenate(gray_teacher_dir):
     from repfusion_pl import DiffusionTeacher
-    from repfusion_pl.probe import candidate_layers, default_layer_sets, pooled_features, run_probe
+    from repfusion_pl.probing import candidate_layers, default_layer_sets, pooled_features, run_probe
 
     teacher = DiffusionTeacher(str(gray_teacher_dir))
     layers = candidate_layers(teacher)
@@ -128,7 +128,7 @@ def test_candidate_layers_cover_the_decoder_and_layer_sets_concatenate(gray_teac
     names = [row["layer"] for row in result["rows"]]
     assert names == [*two, "+".join(two)]
     # The concatenation's probe is the probe of the two pooled maps side by side.
-    from repfusion_pl.probe import fit_ridge_probes
+    from repfusion_pl.probing import fit_ridge_probes
 
     probed = DiffusionTeacher(str(gray_teacher_dir), layers=two)
 
@@ -141,8 +141,8 @@ def test_candidate_layers_cover_the_decoder_and_layer_sets_concatenate(gray_teac
 
 
 def test_a_layer_sets_policy_reads_its_strongest_member():
-    from repfusion_pl.probe import best_single_layer
-    from repfusion_pl.probe_report import distill_overrides
+    from repfusion_pl.probing import best_single_layer
+    from repfusion_pl.probing.report import distill_overrides
 
     rows = [
         {"layer": "a", "timestep": 0, "val_acc": 0.6},

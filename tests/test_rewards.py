@@ -17,8 +17,8 @@ from repfusion_pl import (
     TaskHeadReward,
     TimestepReward,
 )
-from repfusion_pl.rewards import RewardOutput, info_nce
-from repfusion_pl.rl import TimestepBanditEnv
+from repfusion_pl.timesteps.bandit import TimestepBanditEnv
+from repfusion_pl.timesteps.rewards import RewardOutput, info_nce
 
 
 def features_and_labels(n: int = 40, channels: int = 6, classes: int = 3):

@@ -6,8 +6,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from repfusion_pl import DiffusionTeacher, PolicyTimestep
-from repfusion_pl.rewards import task_head_loss
-from repfusion_pl.rl import PeakedTimestepBandit, TimestepBanditEnv
+from repfusion_pl.timesteps.bandit import PeakedTimestepBandit, TimestepBanditEnv
+from repfusion_pl.timesteps.rewards import task_head_loss
 
 
 @pytest.fixture

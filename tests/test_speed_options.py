@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repfusion_pl import DiffusionTeacher, FixedTimestep, RepFusionDistillation, Student
-from repfusion_pl.taps import compile_untapped
+from repfusion_pl.students.taps import compile_untapped
 
 
 @pytest.fixture

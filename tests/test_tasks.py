@@ -6,8 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import quiet_trainer
 from repfusion_pl import BackboneSpec, ClassificationTask, LandmarkTask, SegmentationTask
+from repfusion_pl.students.weights import read_backbone_weights
 from repfusion_pl.tasks.landmarks import decode_heatmaps, gaussian_heatmaps
-from repfusion_pl.weights import read_backbone_weights
 
 
 def loader(images, targets, batch_size=4):

@@ -216,7 +216,7 @@ def test_distils_through_the_cli_with_only_the_teacher_changed_and_resumes(reque
 
 
 def test_probe_searches_each_family_from_encoder_to_decoder(sd_dir, dit_dir):
-    from repfusion_pl.probe import candidate_layers, run_probe
+    from repfusion_pl.probing import candidate_layers, run_probe
 
     assert candidate_layers(DiffusionTeacher(str(sd_dir))) == [
         "down_blocks.0.resnets.0",
@@ -248,7 +248,7 @@ def test_probe_searches_each_family_from_encoder_to_decoder(sd_dir, dit_dir):
 
 def test_probe_refuses_class_conditional_teachers_without_a_null_class(tmp_path):
     from conftest import make_tiny_unet, save_pipeline
-    from repfusion_pl.probe import run_probe
+    from repfusion_pl.probing import run_probe
 
     save_pipeline(tmp_path, make_tiny_unet(3, sample_size=16, num_class_embeds=4))
     loaders = {split: [(images(4), torch.arange(4) % 2)] for split in ("train", "val", "test")}

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repfusion_pl.rewards import task_head_loss
 from repfusion_pl.timesteps import (
     FixedTimestep,
     LinearDecayTimestep,
@@ -14,6 +13,7 @@ from repfusion_pl.timesteps import (
     TimestepDraw,
     UniformTimestep,
 )
+from repfusion_pl.timesteps.rewards import task_head_loss
 
 
 def built(sampler, T=1000, channels=16, image_channels=1):

@@ -13,7 +13,7 @@ from torch import nn
 from repfusion_pl import BackboneSpec
 from repfusion_pl.checkpoints import CheckpointError
 from repfusion_pl.cli import main
-from repfusion_pl.weights import (
+from repfusion_pl.students.weights import (
     BackboneWeights,
     export_backbone,
     load_backbone_weights,

@@ -21,10 +21,10 @@ from typing import Any
 import lightning
 from tqdm.auto import tqdm
 
-from repfusion_pl.probe import probe_student, split_loaders
-from repfusion_pl.probe_report import layers_of
+from repfusion_pl.probing import probe_student, split_loaders
+from repfusion_pl.probing.report import layers_of
 from repfusion_pl.students import BackboneSpec, Student
-from repfusion_pl.weights import load_backbone_weights, resolve_backbone
+from repfusion_pl.students.weights import load_backbone_weights, resolve_backbone
 from study.report import environment, rounded, write_results
 from study.runs import QUIET_TRAINER, fit_config, instantiate_data, merge, write_yaml
 
@@ -76,7 +76,7 @@ class Setting:
     Args:
         name: Column title, e.g. ``"10 labels/class"``.
         classify: Overrides merged into the classification config (fine-tuning), or ``None`` for a
-            ridge linear probe of the frozen backbone on all labels (`repfusion_pl.probe.probe_student`).
+            ridge linear probe of the frozen backbone on all labels (`repfusion_pl.probing.probe_student`).
     """
 
     name: str

@@ -10,7 +10,7 @@ from typing import Any
 import lightning
 import yaml
 
-from repfusion_pl.probe import probe_teacher
+from repfusion_pl.probing import probe_teacher
 from repfusion_pl.students import Student
 from study.comparison import Comparison, Setting, sampler_arms
 from study.report import markdown_table, write_results

@@ -1,8 +1,14 @@
-"""RepFusion in PyTorch Lightning: distil a diffusion model into a recognition backbone."""
+"""RepFusion in PyTorch Lightning: distil a diffusion model into a recognition backbone.
 
+Every public class is importable from here, and YAML configs name them so
+(``class_path: repfusion_pl.RepFusionDistillation``). The subpackages, in the order they may
+import each other: `data`, `students`, `teachers`, `timesteps`, `distillation`, `probing`,
+`tasks`, `cli` (see ``docs/architecture.md``).
+"""
+
+from repfusion_pl import _deprecated
 from repfusion_pl._version import __version__
-from repfusion_pl.distill import RepFusionDistillation
-from repfusion_pl.losses import (
+from repfusion_pl.distillation import (
     AttentionTransferLoss,
     DenseL1Loss,
     DenseMSELoss,
@@ -10,28 +16,28 @@ from repfusion_pl.losses import (
     InfoNCELoss,
     NormalizedMSELoss,
     PooledMSELoss,
+    RepFusionDistillation,
     RKDLoss,
+    TimestepTelemetry,
 )
-from repfusion_pl.monitor import RepresentationMonitor
-from repfusion_pl.rewards import (
+from repfusion_pl.probing import RepresentationMonitor
+from repfusion_pl.students import BackboneSpec, Student
+from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
+from repfusion_pl.teachers import DiffusionTeacher, DiffusionTeacherTraining
+from repfusion_pl.timesteps import (
     ContrastiveReward,
+    FixedTimestep,
     LeastSquaresReward,
+    LinearDecayTimestep,
+    PolicyTimestep,
     RewardOutput,
     TaskHeadReward,
     TimestepReward,
-)
-from repfusion_pl.students import BackboneSpec, Student
-from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
-from repfusion_pl.teacher_training import DiffusionTeacherTraining
-from repfusion_pl.teachers import DiffusionTeacher
-from repfusion_pl.telemetry import TimestepTelemetry
-from repfusion_pl.timesteps import (
-    FixedTimestep,
-    LinearDecayTimestep,
-    PolicyTimestep,
     TimestepSampler,
     UniformTimestep,
 )
+
+_deprecated.install()
 
 __all__ = [
     "__version__",

@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 PROVENANCE_KEY = "repfusion"
 #: The full YAML config of the run that wrote the checkpoint (written by the CLI).
 CONFIG_KEY = "repfusion_config"
-#: Every rank's random-number states (`repfusion_pl.rng.RandomStreams`).
+#: Every rank's random-number states (`repfusion_pl.distillation.rng.RandomStreams`).
 RNG_KEY = "rng_states"
 #: Key prefix of the student backbone inside a `RepFusionDistillation` state dict.
 STUDENT_PREFIX = "student.backbone."

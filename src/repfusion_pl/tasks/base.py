@@ -16,7 +16,7 @@ from repfusion_pl.data.base import check_image_channels
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.students import BackboneSpec
-from repfusion_pl.weights import BackboneWeights, load_backbone_weights, resolve_backbone
+from repfusion_pl.students.weights import BackboneWeights, load_backbone_weights, resolve_backbone
 
 
 class BaseTask(LightningModule):

@@ -15,9 +15,9 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from repfusion_pl.data.base import IGNORE_INDEX
 from repfusion_pl.optim import LRSchedule
 from repfusion_pl.students import BackboneSpec, Student, use_cifar_stem
+from repfusion_pl.students.weights import BackboneWeights, load_backbone_weights
 from repfusion_pl.tasks.base import BaseTask
 from repfusion_pl.tasks.bisenet import BiSeNetV1
-from repfusion_pl.weights import BackboneWeights, load_backbone_weights
 
 
 class SegmentationTask(BaseTask):

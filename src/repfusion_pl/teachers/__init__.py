@@ -1,16 +1,35 @@
-"""Frozen diffusion teachers: pixel UNets, Stable Diffusion's latent UNet and DiT behind one interface."""
+"""Frozen diffusion teachers: pixel UNets, Stable Diffusion's latent UNet and DiT behind one interface.
 
-from repfusion_pl.teachers.families import PixelUNet, TeacherFamily
+Also here: training a small pixel teacher of one's own (`DiffusionTeacherTraining`) and converting
+OpenAI guided-diffusion checkpoints (`repfusion_pl.teachers.adm`).
+"""
+
+from repfusion_pl.teachers.class_labels import (
+    MissingClassLabelMapError,
+    read_class_label_map,
+    read_class_names,
+)
+from repfusion_pl.teachers.family import TeacherFamily
+from repfusion_pl.teachers.latent import LatentDiT, LatentUNet
+from repfusion_pl.teachers.loading import load_family
+from repfusion_pl.teachers.pixel import PixelUNet
 from repfusion_pl.teachers.sources import EXPECTED_LAYOUTS, detect_family, resolve_source
-from repfusion_pl.teachers.teacher import DEFAULT_TEACHER_LAYER, DiffusionTeacher, read_class_label_map
+from repfusion_pl.teachers.teacher import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from repfusion_pl.teachers.training import DiffusionTeacherTraining
 
 __all__ = [
     "DEFAULT_TEACHER_LAYER",
     "EXPECTED_LAYOUTS",
     "DiffusionTeacher",
+    "DiffusionTeacherTraining",
+    "LatentDiT",
+    "LatentUNet",
+    "MissingClassLabelMapError",
     "PixelUNet",
     "TeacherFamily",
     "detect_family",
+    "load_family",
     "read_class_label_map",
+    "read_class_names",
     "resolve_source",
 ]

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel
 from torch import Tensor, nn
 
-from repfusion_pl.teachers.families import TeacherFamily, unet_candidate_layers
+from repfusion_pl.teachers.family import TeacherFamily, unet_candidate_layers
 from repfusion_pl.teachers.sources import Family, describe_folder, load_scheduler, load_strict
 
 

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
-from repfusion_pl.taps import FeatureTaps, compile_untapped
-from repfusion_pl.teachers.families import TeacherFamily, load_family
+from repfusion_pl.students.taps import FeatureTaps, compile_untapped
+from repfusion_pl.teachers.class_labels import (
+    check_class_conditioning,
+    label_table,
+    map_labels,
+    read_class_label_map,
+)
+from repfusion_pl.teachers.family import TeacherFamily
+from repfusion_pl.teachers.loading import load_family
 from repfusion_pl.teachers.sources import Family, detect_family, resolve_source
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
-
-
-class MissingClassLabelMapError(ValueError):
-    """A class-conditional teacher without a null class was given no ``class_label_map``."""
 
 
 @dataclass
@@ -104,11 +105,8 @@ class DiffusionTeacher(nn.Module):
         self.input_range = (float(low), float(high))
         self.sample_size = self._check_image_size(image_size or loaded.native_image_size)
         label_map = read_class_label_map(class_label_map, class_names)
-        self._check_class_conditioning(label_map)
-        table = torch.full((max(label_map or {0: 0}) + 1,), -1, dtype=torch.long)
-        for label, teacher_class in (label_map or {}).items():
-            table[label] = teacher_class
-        self.register_buffer("_label_map", table, persistent=False)
+        check_class_conditioning(source, loaded, label_map)
+        self.register_buffer("_label_map", label_table(label_map), persistent=False)
         self.has_label_map = bool(label_map)
         self.feature_shapes = self._probe_feature_shapes()
         if compile:  # after the shape probe, so that compiling waits for the first real batch
@@ -134,26 +132,6 @@ class DiffusionTeacher(nn.Module):
                 f"{max(multiple, size // multiple * multiple)}"
             )
         return size
-
-    def _check_class_conditioning(self, label_map: dict[int, int] | None) -> None:
-        num_classes = self.family.num_classes
-        if num_classes is None:
-            if label_map:
-                raise ValueError(
-                    f"teacher {self.source!r} is not class-conditional; remove `class_label_map`"
-                )
-            return
-        if not label_map and self.family.null_class is None:
-            raise MissingClassLabelMapError(
-                f"teacher {self.source!r} is class-conditional ({num_classes} classes); set "
-                "`class_label_map` to map each dataset label to the teacher's class id. Feeding "
-                "dataset labels unmapped silently conditions on the wrong classes."
-            )
-        if bad := sorted({c for c in (label_map or {}).values() if not 0 <= c < num_classes}):
-            raise ValueError(
-                f"class_label_map maps onto teacher classes {bad[:5]}, outside the teacher's "
-                f"0..{num_classes - 1}"
-            )
 
     @property
     def family(self) -> TeacherFamily:
@@ -221,23 +199,8 @@ class DiffusionTeacher(nn.Module):
         """
         if not self.is_class_conditional:
             return None
-        if not self.has_label_map:
-            size = batch_size if batch_size is not None else len(labels) if labels is not None else 1
-            return torch.full((size,), int(self.family.null_class), device=self._label_map.device)  # type: ignore[arg-type]
-        if labels is None:
-            raise ValueError("this teacher is class-conditional: the batch must carry labels")
-        known = (labels >= 0) & (labels < self._label_map.numel())
-        mapped = torch.where(known, self._label_map[labels.clamp(0, self._label_map.numel() - 1)], -1)
-        if (mapped < 0).any():
-            missing = sorted(set(labels[mapped < 0].tolist()))
-            null = " (or, for a DiT, leave the map out to condition on its null class)" * (
-                self.family.null_class is not None
-            )
-            raise ValueError(
-                f"dataset labels {missing} have no entry in class_label_map; map every label of the "
-                f"dataset to a teacher class{null}"
-            )
-        return mapped
+        size = batch_size if batch_size is not None else len(labels) if labels is not None else 1
+        return map_labels(self._label_map, self.has_label_map, labels, self.family, size)
 
     def unet_input(self, images: Tensor, timesteps: Tensor) -> Tensor:
         """The denoiser's input sample for clean images at the given timesteps, per ``mode``."""
@@ -334,52 +297,3 @@ class DiffusionTeacher(nn.Module):
             f"source={self.source!r}, family={self.family.name!r}, layers={self.layers}, mode={self.mode!r}, "
             f"T={self.num_train_timesteps}"
         )
-
-
-def read_class_label_map(
-    value: dict[int, int] | str | None, class_names: Sequence[str] | str | None = None
-) -> dict[int, int] | None:
-    """A ``class_label_map`` as a dict of dataset label -> teacher class id.
-
-    Args:
-        value: The map inline, or the path of a JSON object whose keys are dataset labels
-            (integers) or class names (such as WordNet ids, as in
-            ``configs/paper/tinyimagenet-to-imagenet.json``).
-        class_names: For a map keyed by names: the dataset's class names in label order, as a list
-            or the path of a text file with one name per line (e.g. Tiny-ImageNet's ``wnids.txt``).
-    """
-    if value is None or isinstance(value, dict):
-        mapping = {int(k): int(v) for k, v in value.items()} if value else None
-        if mapping and min(mapping) < 0:
-            raise ValueError(
-                f"class_label_map has negative dataset labels {sorted(k for k in mapping if k < 0)}"
-            )
-        return mapping
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"class_label_map file {value!r} does not exist")
-    entries = json.loads(path.read_text())
-    if not isinstance(entries, dict) or not all(isinstance(v, int) for v in entries.values()):
-        raise ValueError(f"class_label_map file {path} must hold one JSON object of label -> class id")
-    if all(key.lstrip("-").isdigit() for key in entries):
-        return read_class_label_map(entries)
-    if class_names is None:
-        raise ValueError(
-            f"class_label_map file {path} is keyed by class names; set `class_names` to the dataset's "
-            "class names in label order (a list, or a file with one per line such as Tiny-ImageNet's "
-            "wnids.txt)"
-        )
-    names = read_class_names(class_names)
-    if unknown := [name for name in names if name not in entries]:
-        raise ValueError(f"class_label_map file {path} has no entry for the classes {unknown[:5]}")
-    return {label: entries[name] for label, name in enumerate(names)}
-
-
-def read_class_names(class_names: Sequence[str] | str) -> list[str]:
-    """Class names in label order: a list as given, or read from a file with one name per line."""
-    if not isinstance(class_names, str):
-        return list(class_names)
-    path = Path(class_names).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"class_names file {class_names!r} does not exist")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

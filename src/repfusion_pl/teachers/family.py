@@ -1,4 +1,4 @@
-"""Teacher families: how each kind of diffusion model is loaded, fed and read.
+"""Teacher families: what every kind of diffusion model tells the teacher about itself.
 
 A family wraps one denoiser (the module whose layers are tapped) and whatever it needs around it: the
 noise schedule, a VAE for latent models, a fixed conditioning. `DiffusionTeacher` does the rest
@@ -8,13 +8,12 @@ noise schedule, a VAE for latent models, a fixed conditioning. `DiffusionTeacher
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
-from repfusion_pl.teachers.sources import EXPECTED_LAYOUTS, Family, load_scheduler, load_strict
+from repfusion_pl.teachers.sources import Family
 
 
 class TeacherFamily:
@@ -103,65 +102,3 @@ def unet_candidate_layers(unet: Any) -> list[str]:
     layers += ["mid_block.resnets.0", "mid_block.resnets.1.conv2"]
     layers += [f"up_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.up_blocks)]
     return layers
-
-
-class PixelUNet(TeacherFamily):
-    """A pixel-space diffusers ``UNet2DModel`` (DDPM, converted guided-diffusion), maybe class-conditional."""
-
-    name: Family = "pixel_unet"
-    denoiser: UNet2DModel
-
-    @classmethod
-    def load(cls, path: Path) -> PixelUNet:
-        """Load from a diffusers folder (UNet at its root or in ``unet/``) or a teacher ``.ckpt``."""
-        if path.suffix == ".ckpt":
-            from repfusion_pl.teacher_training import load_training_checkpoint
-
-            return cls(*load_training_checkpoint(path))
-        subfolder = None if (path / "config.json").is_file() else "unet"
-        unet = load_strict(UNet2DModel, path, subfolder)
-        if unet.config.time_embedding_type != "positional":
-            raise ValueError(
-                f"teacher {path} uses {unet.config.time_embedding_type!r} time embeddings; only "
-                "discrete-timestep (positional) UNets are supported"
-            )
-        if unet.class_embedding is not None and unet.config.num_class_embeds is None:
-            raise ValueError(
-                f"teacher {path} is conditioned on {unet.config.class_embed_type!r} class embeddings; only "
-                "integer class ids (num_class_embeds) are supported"
-            )
-        return cls(unet, load_scheduler(path, unet.config.get("num_train_timesteps")))
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.denoiser.class_embedding is None else int(self.denoiser.config.num_class_embeds)
-
-    @property
-    def input_range(self) -> tuple[float, float]:
-        # A UNet that centres its input itself takes [0, 1].
-        return (0.0, 1.0) if self.denoiser.config.center_input_sample else (-1.0, 1.0)
-
-    def call_kwargs(self, batch_size: int, class_ids: Tensor | None) -> dict[str, Any]:
-        return {"class_labels": class_ids}
-
-    def candidate_layers(self) -> list[str]:
-        return unet_candidate_layers(self.denoiser)
-
-
-def load_family(path: Path, family: Family, prompt: str | None) -> TeacherFamily:
-    """Load a resolved source as the given family (see `repfusion_pl.teachers.sources.detect_family`)."""
-    if family == "pixel_unet":
-        if prompt is not None:
-            raise ValueError(f"teacher {path} is a pixel UNet without text conditioning; remove `prompt`")
-        return PixelUNet.load(path)
-    from repfusion_pl.teachers.latent import LatentDiT, LatentUNet
-
-    if family == "latent_unet":
-        return LatentUNet.load(path, "" if prompt is None else prompt)
-    if family == "dit":
-        if prompt is not None:
-            raise ValueError(
-                f"teacher {path} is a class-conditional DiT, not text-conditioned; remove `prompt`"
-            )
-        return LatentDiT.load(path)
-    raise ValueError(f"unknown teacher family {family!r}; {EXPECTED_LAYOUTS}")

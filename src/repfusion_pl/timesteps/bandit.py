@@ -16,8 +16,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from repfusion_pl.rewards import TimestepReward
 from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.timesteps.rewards import TimestepReward
 
 
 class TimestepBanditEnv(gym.Env):

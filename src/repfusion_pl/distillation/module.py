@@ -14,14 +14,14 @@ from torch import Tensor
 from repfusion_pl._version import __version__
 from repfusion_pl.checkpoints import PROVENANCE_KEY, RNG_KEY, check_resumable
 from repfusion_pl.data.base import check_image_channels
+from repfusion_pl.distillation.losses import FeatureLoss, PooledMSELoss
+from repfusion_pl.distillation.projectors import build_projectors, concat_maps, concatenates_teacher
+from repfusion_pl.distillation.rng import RandomStreams
+from repfusion_pl.distillation.telemetry import TimestepTelemetry
 from repfusion_pl.hparams import drop_live_object_hparams
-from repfusion_pl.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
-from repfusion_pl.projectors import build_projectors, concat_maps, concatenates_teacher
-from repfusion_pl.rng import RandomStreams
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
-from repfusion_pl.telemetry import TimestepTelemetry
 from repfusion_pl.timesteps import TimestepSampler, UniformTimestep
 
 

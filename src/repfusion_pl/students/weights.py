@@ -26,7 +26,7 @@ from repfusion_pl.checkpoints import (
     atomic_write_bytes,
     read_checkpoint,
 )
-from repfusion_pl.students import BackboneSpec
+from repfusion_pl.students.backbones import BackboneSpec
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from repfusion_pl.taps import FeatureTaps
+from repfusion_pl.students.taps import FeatureTaps
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 _DEFAULT_TORCHVISION_TAP = {

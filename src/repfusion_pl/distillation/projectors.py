@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repfusion_pl.losses import FeatureLoss
+from repfusion_pl.distillation.losses import FeatureLoss
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import DiffusionTeacher
 

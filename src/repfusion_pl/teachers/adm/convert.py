@@ -1,7 +1,8 @@
 """``repfusion convert-adm``: an OpenAI guided-diffusion (ADM) ``.pt`` converted into a diffusers folder.
 
-Every key is checked against the architecture (`repfusion_pl.adm`), mapped once, and loaded strictly;
-the folder is written under a temporary name and renamed at the end, so a failure leaves nothing.
+Every key is checked against the architecture (`repfusion_pl.teachers.adm.layout`), mapped once, and
+loaded strictly; the folder is written under a temporary name and renamed at the end, so a failure
+leaves nothing.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ import torch
 from diffusers import DDPMPipeline, UNet2DModel
 from torch import Tensor
 
-from repfusion_pl.adm import (
+from repfusion_pl.teachers.adm.config import (
     ADM_PRESETS,
     AdmConfig,
     AdmConversionError,
-    ReportRow,
-    _adm_params,
     diffusers_unet_for,
-    expected_adm_shapes,
     scheduler_for,
 )
+from repfusion_pl.teachers.adm.layout import ReportRow, adm_params, expected_adm_shapes
 
 
 def _resolve(config: str | AdmConfig) -> tuple[AdmConfig, str]:
@@ -117,7 +116,7 @@ def convert_adm_state_dict(
     _check_is_adm(state_dict)
     _check_matches(state_dict, config, name)
     converted: dict[str, Tensor] = {}
-    for param in _adm_params(config):
+    for param in adm_params(config):
         tensor = state_dict[param.adm_key].float()  # the released files are float32; fp16 ones upcast
         if param.heads:
             values = _split_qkv(tensor, param.heads, config.attention_order)
@@ -127,7 +126,7 @@ def convert_adm_state_dict(
             if key in converted:
                 raise RuntimeError(f"internal error: diffusers key {key} produced twice")
             converted[key] = value.contiguous()
-    return converted, [(param.adm_key, param.shape, param.targets) for param in _adm_params(config)]
+    return converted, [(param.adm_key, param.shape, param.targets) for param in adm_params(config)]
 
 
 def _refuse_existing(out_dir: Path) -> None:

@@ -14,10 +14,10 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from repfusion_pl import rng
 from repfusion_pl.data.base import BaseDataModule
-from repfusion_pl.distill import RepFusionDistillation
-from repfusion_pl.probe import fit_ridge_probes, pooled_features, probe_student
+from repfusion_pl.distillation import rng
+from repfusion_pl.distillation.module import RepFusionDistillation
+from repfusion_pl.probing.ridge import fit_ridge_probes, pooled_features, probe_student
 from repfusion_pl.students import Student
 
 
@@ -42,7 +42,7 @@ class RepresentationMonitor(Callback):
     """Linear-probe the student every few epochs, next to a random-init copy and the teacher.
 
     Before the first epoch and every ``every_n_epochs`` epochs after, the streamed ridge probe of
-    `repfusion_pl.probe` is fitted on the probe data's training split and scored on its validation
+    `repfusion_pl.probing` is fitted on the probe data's training split and scored on its validation
     split, for the student's pooled features, for a freshly initialised copy of the student (same
     architecture and taps, seed 0; once: the bar to beat),
     and for the teacher's tapped features (all taps' pooled features side by side, what the student

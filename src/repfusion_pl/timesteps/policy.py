@@ -1,159 +1,14 @@
-"""Timestep selection: which diffusion timestep t the teacher sees for each image.
-
-All samplers share one interface, so a YAML ``class_path`` swaps them: `FixedTimestep`,
-`UniformTimestep`, `LinearDecayTimestep`, and `PolicyTimestep`, the paper's REINFORCE actor, whose
-reward is itself a component (`repfusion_pl.rewards`).
-"""
+"""The paper's timestep policy: a small CNN pi(t | x) trained by REINFORCE on a pluggable reward."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from repfusion_pl.rewards import TaskHeadReward, TimestepReward
-
-
-@dataclass
-class TimestepDraw:
-    """One timestep per image, with what a learned sampler needs to score its choice."""
-
-    timesteps: Tensor
-    log_prob: Tensor | None = None
-    entropy: Tensor | None = None
-
-
-@dataclass
-class SamplerOutput:
-    """Loss terms to add to the total (all differentiable) and scalars to log."""
-
-    losses: dict[str, Tensor] = field(default_factory=dict)
-    logs: dict[str, Tensor] = field(default_factory=dict)
-
-
-class TimestepSampler(nn.Module):
-    """Base class: chooses a timestep per image and may learn from the teacher's features.
-
-    Subclasses implement `draw`; learned ones also override `build` (to create parameters once the
-    teacher is known) and `step_loss`. The current epoch is a buffer, so a schedule resumes from
-    the checkpoint where it stopped.
-    """
-
-    epoch: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.num_train_timesteps = 0
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-
-    def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
-        """Bind to a teacher: T timesteps, teacher feature channels and image channels."""
-        self.num_train_timesteps = num_train_timesteps
-
-    def set_epoch(self, epoch: int) -> None:
-        """Record the training epoch that is starting."""
-        self.epoch.fill_(epoch)
-
-    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
-        """Choose one timestep per image."""
-        raise NotImplementedError
-
-    def summary(self) -> str:
-        """One line saying what this sampler does (recorded with the weights it distilled)."""
-        return type(self).__name__
-
-    def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
-        """Extra losses for a learned sampler; fixed schedules have none."""
-        return SamplerOutput()
-
-    def _uniform(self, images: Tensor, high: int, generator: torch.Generator | None) -> TimestepDraw:
-        t = torch.randint(0, high, (images.shape[0],), device=images.device, generator=generator)
-        return TimestepDraw(t)
-
-
-class FixedTimestep(TimestepSampler):
-    """The same timestep for every image (the authors' CelebA-HQ recipe used t = 0).
-
-    Args:
-        t: The timestep, in ``[0, T)``.
-    """
-
-    def __init__(self, t: int = 0) -> None:
-        super().__init__()
-        self.t = t
-
-    def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
-        super().build(num_train_timesteps, feature_channels, image_channels)
-        if not 0 <= self.t < num_train_timesteps:
-            raise ValueError(
-                f"FixedTimestep.t={self.t} is outside the teacher's 0..{num_train_timesteps - 1}"
-            )
-
-    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
-        return TimestepDraw(torch.full((images.shape[0],), self.t, dtype=torch.long, device=images.device))
-
-    def summary(self) -> str:
-        return f"FixedTimestep(t={self.t})"
-
-
-class UniformTimestep(TimestepSampler):
-    """t drawn uniformly from ``[0, max_t)`` for each image.
-
-    Args:
-        max_t: Exclusive upper bound, at most T.
-    """
-
-    def __init__(self, max_t: int = 50) -> None:
-        super().__init__()
-        self.max_t = max_t
-
-    def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
-        super().build(num_train_timesteps, feature_channels, image_channels)
-        if not 0 < self.max_t <= num_train_timesteps:
-            raise ValueError(f"UniformTimestep.max_t={self.max_t} must be in 1..{num_train_timesteps}")
-
-    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
-        return self._uniform(images, self.max_t, generator)
-
-    def summary(self) -> str:
-        return f"UniformTimestep(max_t={self.max_t})"
-
-
-class LinearDecayTimestep(TimestepSampler):
-    """t uniform in ``[0, max_t)``, with max_t moving linearly from ``start`` to ``end`` over ``epochs``.
-
-    Args:
-        start: max_t at epoch 0.
-        end: max_t from epoch ``epochs`` on.
-        epochs: Length of the linear schedule.
-    """
-
-    def __init__(self, start: int = 100, end: int = 1, epochs: int = 100) -> None:
-        super().__init__()
-        if epochs < 1:
-            raise ValueError(f"LinearDecayTimestep.epochs must be >= 1, got {epochs}")
-        self.start, self.end, self.epochs = start, end, epochs
-
-    def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
-        super().build(num_train_timesteps, feature_channels, image_channels)
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if not 0 < value <= num_train_timesteps:
-                raise ValueError(f"LinearDecayTimestep.{name}={value} must be in 1..{num_train_timesteps}")
-
-    def summary(self) -> str:
-        return f"LinearDecayTimestep({self.start} -> {self.end} over {self.epochs} epochs)"
-
-    @property
-    def max_t(self) -> int:
-        """The current exclusive upper bound."""
-        progress = min(int(self.epoch) / self.epochs, 1.0)
-        return max(1, round(self.start + (self.end - self.start) * progress))
-
-    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
-        return self._uniform(images, self.max_t, generator)
+from repfusion_pl.timesteps.base import SamplerOutput, TimestepDraw, TimestepSampler
+from repfusion_pl.timesteps.rewards import TaskHeadReward, TimestepReward
 
 
 class PolicyTimestep(TimestepSampler):
@@ -279,7 +134,7 @@ class PolicyTimestep(TimestepSampler):
         """REINFORCE loss and entropy bonus for drawn timesteps and their (detached) rewards.
 
         The update itself, separate from where rewards come from: distillation passes its reward
-        component's scores, the bandit environments of `repfusion_pl.rl` pass theirs.
+        component's scores, the bandit environments of `repfusion_pl.timesteps.bandit` pass theirs.
         """
         if draw.log_prob is None or draw.entropy is None:
             raise ValueError("reinforce needs a draw from this policy (with log_prob and entropy)")

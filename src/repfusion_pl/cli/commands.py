@@ -1,0 +1,101 @@
+"""The subcommands that are not Lightning runs: ``repfusion probe`` and ``repfusion export``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import LightningDataModule
+
+from repfusion_pl.probing import probe_teacher
+from repfusion_pl.probing.report import DISTILL_CONFIG
+from repfusion_pl.students import Student, export_backbone
+
+
+def export_command(args: Sequence[str]) -> None:
+    """``repfusion export CHECKPOINT OUTPUT.safetensors``: write the student backbone for reuse."""
+    parser = ArgumentParser(prog="repfusion export", description=EXPORT_HELP)
+    parser.add_argument("checkpoint", type=str, help="a RepFusionDistillation checkpoint (.ckpt)")
+    parser.add_argument("output", type=str, help="the .safetensors file to write")
+    parsed = parser.parse_args(list(args))
+    print(f"wrote {export_backbone(parsed.checkpoint, parsed.output)}")
+
+
+def probe_parser() -> ArgumentParser:
+    """The arguments of ``repfusion probe``."""
+    parser = ArgumentParser(prog="repfusion probe", description=PROBE_HELP)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument(
+        "--teacher", type=str, required=True, help="hub id, diffusers folder or teacher .ckpt"
+    )
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    parser.add_argument(
+        "--teacher_options",
+        type=dict | None,
+        default=None,
+        help="more DiffusionTeacher arguments, e.g. {image_size: 256, prompt: ''}",
+    )
+    parser.add_argument("--num_classes", type=int | None, default=None, help="default: data.num_classes")
+    parser.add_argument(
+        "--layers",
+        type=list[str] | None,
+        default=None,
+        help="default: encoder, middle and decoder layers of the family",
+    )
+    parser.add_argument(
+        "--layer_sets",
+        type=list[list[str]] | None,
+        default=None,
+        help="concatenations to probe too; default: encoder, decoder and all layers",
+    )
+    parser.add_argument("--timesteps", type=list[int], default=[0, 25, 50, 100, 200, 400, 700, 999])
+    parser.add_argument("--student.arch", type=str, default="resnet18")
+    parser.add_argument("--student.stem", type=str, default="cifar")
+    parser.add_argument("--out_dir", type=str, default="artifacts/probe")
+    parser.add_argument(
+        "--distill_config", type=str, default=DISTILL_CONFIG, help="what the configs override"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def probe_command(args: Sequence[str]) -> None:
+    """``repfusion probe``: linear-probe a teacher's layers x timesteps and write the best configs."""
+    parser = probe_parser()
+    config = parser.parse_args(list(args))
+    data_config = yaml.safe_load(parser.dump(config))["data"]
+    data = parser.instantiate_classes(config).data
+    num_classes = config.num_classes or getattr(data, "num_classes", None)
+    if not num_classes:
+        parser.error("give --num_classes: the data module has no num_classes attribute")
+    torch.manual_seed(config.seed)
+    data.setup("fit")
+    in_channels = next(iter(data.train_dataloader()))[0].shape[1]
+    student = Student(config.student.arch, stem=config.student.stem, in_channels=in_channels)
+    result = probe_teacher(
+        {**(config.teacher_options or {}), "source": config.teacher},
+        data,
+        data_config,
+        config.timesteps,
+        config.out_dir,
+        student,
+        layers=config.layers,
+        layer_sets=config.layer_sets,
+        num_classes=num_classes,
+        distill_config=config.distill_config,
+    )
+    for kind, path in result["files"].items():
+        print(f"{kind:>15}: {path}")
+
+
+EXPORT_HELP = (
+    "Write the student backbone of a distillation checkpoint as safetensors, in its library's key format "
+    "(loads strictly into torchvision, timm and smp encoders)."
+)
+PROBE_HELP = (
+    "Which teacher layer and timestep carry the best features? Fits a streamed linear probe per (layer, "
+    "timestep) and for a random-init student, then writes a table, a heatmap and ready-to-run "
+    "distillation configs."
+)

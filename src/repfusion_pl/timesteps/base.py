@@ -1,0 +1,69 @@
+"""The timestep sampler interface: which diffusion timestep t the teacher sees for each image.
+
+All samplers share it, so a YAML ``class_path`` swaps them (`repfusion_pl.timesteps.samplers` for
+fixed schedules, `repfusion_pl.timesteps.policy` for the paper's learned policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TimestepDraw:
+    """One timestep per image, with what a learned sampler needs to score its choice."""
+
+    timesteps: Tensor
+    log_prob: Tensor | None = None
+    entropy: Tensor | None = None
+
+
+@dataclass
+class SamplerOutput:
+    """Loss terms to add to the total (all differentiable) and scalars to log."""
+
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class TimestepSampler(nn.Module):
+    """Base class: chooses a timestep per image and may learn from the teacher's features.
+
+    Subclasses implement `draw`; learned ones also override `build` (to create parameters once the
+    teacher is known) and `step_loss`. The current epoch is a buffer, so a schedule resumes from
+    the checkpoint where it stopped.
+    """
+
+    epoch: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_train_timesteps = 0
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+
+    def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
+        """Bind to a teacher: T timesteps, teacher feature channels and image channels."""
+        self.num_train_timesteps = num_train_timesteps
+
+    def set_epoch(self, epoch: int) -> None:
+        """Record the training epoch that is starting."""
+        self.epoch.fill_(epoch)
+
+    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
+        """Choose one timestep per image."""
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """One line saying what this sampler does (recorded with the weights it distilled)."""
+        return type(self).__name__
+
+    def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
+        """Extra losses for a learned sampler; fixed schedules have none."""
+        return SamplerOutput()
+
+    def _uniform(self, images: Tensor, high: int, generator: torch.Generator | None) -> TimestepDraw:
+        t = torch.randint(0, high, (images.shape[0],), device=images.device, generator=generator)
+        return TimestepDraw(t)
