@@ -2,7 +2,8 @@
 
 Each row: a name, what triggers it (given the shared fixtures), the regex the message must match for
 the problem, and the one for the fix. Every case points its outputs at a folder holding an earlier
-run's files; none of them may change. The README's troubleshooting table is built from these rows.
+run's files; none of them may change. The troubleshooting table of docs/resuming.md is built from
+these rows.
 """
 
 from __future__ import annotations

@@ -165,9 +165,9 @@ def test_distill_export_classify_from_yaml(cli_distilled, tmp_path):
         )
 
 
-def test_the_readme_custom_task_runs_through_the_cli(cli_distilled, tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    code = readme.split("```python\n# my_task.py\n", 1)[1].split("```", 1)[0]
+def test_the_docs_custom_task_runs_through_the_cli(cli_distilled, tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "tasks.md").read_text()
+    code = page.split("```python\n# my_task.py\n", 1)[1].split("```", 1)[0]
     (tmp_path / "my_task.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     main(

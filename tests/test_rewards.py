@@ -116,7 +116,7 @@ def test_policy_reward_arguments_are_said_once():
 
 
 class ColourfulnessReward(TimestepReward):
-    """A user's own reward (as in the README): more varied features score higher."""
+    """A user's own reward (as in docs/policy.md): more varied features score higher."""
 
     def forward(self, features, labels):
         return RewardOutput(reward=features.float().flatten(1).std(dim=1).detach())
@@ -184,14 +184,14 @@ def test_every_reward_is_a_gymnasium_bandit(gray_teacher_dir):
         TimestepBanditEnv(teacher, TaskHeadReward(3), images)
 
 
-def test_the_readme_reward_example_runs():
+def test_the_docs_reward_example_runs():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = readme.split("class SpreadReward", 1)[0].rsplit("```python\n", 1)[1]
-    code += "class SpreadReward" + readme.split("class SpreadReward", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
+    code = page.split("class SpreadReward", 1)[0].rsplit("```python\n", 1)[1]
+    code += "class SpreadReward" + page.split("class SpreadReward", 1)[1].split("```", 1)[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/policy.md", "exec"), namespace)
     policy = PolicyTimestep(reward=namespace["SpreadReward"]())
     policy.build(10, 6, 1)
     out = policy.step_loss(policy.draw(torch.rand(4, 1, 8, 8)), torch.randn(4, 6, 2, 2), None)
