@@ -2,17 +2,24 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
 .PHONY: install test test-all lint format teacher distill classify shapes-distill segment landmarks demo \
-	fashion-mnist fashion-teacher quality benchmark clean
+	fashion-mnist fashion-teacher quality benchmark docs clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml says which versions the code supports; constraints.txt pins what this venv and CI test.
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The manual's tools (the docs extra) get their own stamp: `make test` does not need them.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -28,6 +35,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
+
+# The manual (docs/ + the docstrings of src/) into site/; every warning is an error.
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 # The small digits teacher: trained once, then reused by `make distill`.
 artifacts/digits-teacher/unet/config.json: configs/teacher.yaml | $(STAMP)

@@ -36,7 +36,7 @@ from diffusers import (
 )
 
 from repfusion_pl import DiffusionTeacher, RepFusionDistillation, Student, UniformTimestep
-from repfusion_pl.teachers.adm import ADM_PRESETS, diffusers_unet_for
+from repfusion_pl.teachers.adm import ADM_PRESETS, AdmConfig, diffusers_unet_for
 from study.report import environment
 from timing import measure
 
@@ -159,18 +159,26 @@ def save_dit_xl2(directory: Path) -> dict[str, Any]:
     return {"image_size": 256, "stem": "imagenet"}
 
 
-def save_adm64(directory: Path) -> dict[str, Any]:
+def save_adm64(directory: Path, config: AdmConfig = ADM_PRESETS["imagenet64-cond"]) -> dict[str, Any]:
     """guided-diffusion's ImageNet-64 class-conditional UNet as `repfusion convert-adm` writes it."""
-    unet = diffusers_unet_for(ADM_PRESETS["imagenet64-cond"])
+    unet = diffusers_unet_for(config)
     unet.save_pretrained(directory / "unet")
     DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(directory / "scheduler")
-    return {"image_size": 64, "stem": "cifar", "class_label_map": {0: 1}}
+    return {"image_size": config.image_size, "stem": "cifar", "class_label_map": {0: 1}}
+
+
+#: The same kind of model at a toy size, for the GPU check's --dry-run (the code path, not the timing).
+ADM_TINY = AdmConfig(
+    image_size=16, model_channels=32, num_res_blocks=1, attention_resolutions=(2,), channel_mult=(1, 2),
+    num_classes=10, resblock_updown=True,
+)  # fmt: skip
 
 
 FAMILIES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "sd15": save_sd15,
     "dit-xl2": save_dit_xl2,
     "adm64": save_adm64,
+    "adm-tiny": lambda directory: save_adm64(directory, ADM_TINY),
 }
 
 

@@ -179,7 +179,7 @@ def test_tiny_imagenet_splits_labels_and_images(tiny_root):
     data.setup("fit")
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 9, "val": 3, "test": 6}
     for name in ("train", "val", "test"):
-        images, labels = next(iter(data._loader(name, shuffle=False)))
+        images, labels = next(iter(data.ordered_loader(name)))
         assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
         assert 0 <= images.min() and images.max() <= 1 and labels.dtype == torch.long
         assert torch.equal(dominant_channel(images), labels), name  # labels follow wnids.txt order
@@ -252,7 +252,7 @@ def test_corrupt_image_error_names_the_file(tiny_root):
     data.setup()
     with pytest.raises(CorruptImageError, match=f"cannot decode image {bad}") as error:
         for split in ("train", "val"):
-            list(data._loader(split, shuffle=False))
+            list(data.ordered_loader(split))
     assert isinstance(error.value, ValueError)  # a corrupt file is malformed data, not a missing one
 
 

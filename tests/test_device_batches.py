@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from conftest import distill_command
-from repfusion_pl.cli import main
+from conftest import quiet_trainer
+from repfusion_pl import DiffusionTeacher, FixedTimestep, RepFusionDistillation, Student
+from repfusion_pl.data import DigitsDataModule
 from repfusion_pl.data.device_batches import BatchAugment, DeviceBatchLoader
 
 
@@ -65,10 +66,13 @@ def test_a_batch_is_cut_from_the_resumable_order_and_resumes_mid_epoch():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(*augmented, strict=True))  # seeded per batch
 
 
-def test_distillation_with_batches_cut_on_the_device_runs_through_the_cli(gray_teacher_dir, tmp_path):
-    main(
-        distill_command(
-            gray_teacher_dir, tmp_path, "distill_one_step.yaml", "--data.init_args.device_batches=true"
-        )
-    )
-    assert (tmp_path / "last.ckpt").is_file()
+def test_a_distillation_fit_reads_batches_cut_on_the_device_and_checkpoints_their_position(
+    gray_teacher_dir, tmp_path
+):
+    data = DigitsDataModule(image_size=8, batch_size=32, device_batches=True)
+    teacher = DiffusionTeacher(str(gray_teacher_dir))
+    module = RepFusionDistillation(teacher, Student("resnet18", in_channels=1), FixedTimestep(0))
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(module, data)
+    loader = trainer.train_dataloader
+    assert isinstance(loader, DeviceBatchLoader) and loader.state_dict() == {"epoch": 0, "batches": 3}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import quiet_trainer
@@ -182,3 +183,40 @@ def test_several_teacher_layers_into_one_student_tap_are_concatenated_and_projec
     assert target.shape[1] == channels and target.shape[-2:] == feats[layers[0]].shape[-2:]
     projected = module.projectors[0](module.student(images)[module.student.taps[0]])
     torch.testing.assert_close(losses["feature"], module.feature_loss(projected, target))
+
+
+class PoisonAt(Callback):
+    """Makes the projector's output NaN from the given optimiser step on."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.projectors[0].bias.fill_(float("nan"))
+
+
+def test_a_deferred_non_finite_check_names_the_first_bad_step_and_writes_no_checkpoint(
+    gray_teacher_dir, tmp_path
+):
+    module = make_module(gray_teacher_dir, sampler=FixedTimestep(0), finite_check_every=4)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=8, callbacks=[PoisonAt(1), checkpoints], enable_checkpointing=True
+    )
+    with pytest.raises(FloatingPointError, match=r"step 1 \(epoch 0\): term\(s\) \['feature'\] = \[nan\]"):
+        trainer.fit(module, tiny_loader(n=80))
+    # Read back before the step-3 checkpoint was written, not at every step.
+    assert trainer.global_step == 3 and not list((tmp_path / "ckpt").glob("*.ckpt"))
+
+
+def test_how_often_the_record_is_read_does_not_change_training(gray_teacher_dir, tmp_path):
+    weights = []
+    for every in (1, 1000):
+        torch.manual_seed(0)
+        module = make_module(gray_teacher_dir, finite_check_every=every)
+        quiet_trainer(tmp_path, max_steps=3).fit(module, tiny_loader())
+        weights.append(module.student.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name

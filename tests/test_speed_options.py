@@ -81,3 +81,28 @@ def test_torch_compile_gives_the_same_features(rgb_teacher_dir):
     torch.testing.assert_close(compiled(x, t), reference, rtol=1e-4, atol=1e-5)
     student = Student("resnet18", in_channels=3, compile=True)
     assert student(x)["layer4"].shape == (4, 512, 1, 1)
+
+
+def test_a_captured_step_gives_the_eager_losses_and_gradients_and_takes_another_batch_shape(teacher):
+    """compile_step through dynamo and AOTAutograd (the aot_eager backend: the capture, not codegen)."""
+    from repfusion_pl import PolicyTimestep
+
+    images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    results = []
+    for options in ({}, {"compile_step": True, "compile_options": {"backend": "aot_eager"}}):
+        torch.manual_seed(0)
+        chosen = PolicyTimestep(num_classes=3, baseline="ema")  # the policy, reward and baseline in the graph
+        module = RepFusionDistillation(teacher, Student("resnet18", in_channels=3), chosen, **options)
+        module.log = lambda *a, **k: None
+        torch.manual_seed(1)
+        loss = module.training_step((images, labels), 0)["loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+        odd = module.training_step((images[:3], labels[:3]), 1)["loss"]  # the last, smaller batch
+        assert torch.isfinite(odd)
+    (eager_loss, eager_grads), (captured_loss, captured_grads) = results
+    torch.testing.assert_close(captured_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert captured_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(captured_grads[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())

@@ -21,6 +21,7 @@ from typing import Any
 import lightning
 from tqdm.auto import tqdm
 
+from repfusion_pl.accelerators import resolve_device
 from repfusion_pl.probing import probe_student, split_loaders
 from repfusion_pl.probing.report import layers_of
 from repfusion_pl.students import BackboneSpec, Student
@@ -101,6 +102,7 @@ class Comparison:
         num_classes: Classes of the task.
         extra: Entries added to the result as they are.
         monitor: A `RepresentationMonitor` block for every distillation (its curves go to the results).
+        accelerator: Where the linear probes run: ``auto`` (the GPU when PyTorch sees one), ``cpu``, ``gpu``.
     """
 
     name: str
@@ -115,6 +117,7 @@ class Comparison:
     num_classes: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
     monitor: dict | None = None
+    accelerator: str = "auto"
 
     def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, Any], float]:
         """Run one distillation arm; return its checkpoint, final metrics and seconds taken.
@@ -177,6 +180,7 @@ class Comparison:
         student = Student.from_spec(spec)
         if loaded is not None:
             load_backbone_weights(student.backbone, loaded, target="student backbone")
+        student.to(resolve_device(self.accelerator))  # the feature pass on the GPU when there is one
         return float(probe_student(student, self.probe_loaders, self.num_classes)["test_acc"])
 
     @cached_property

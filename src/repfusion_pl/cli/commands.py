@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
+from repfusion_pl.accelerators import resolve_device
 from repfusion_pl.probing import probe_teacher
 from repfusion_pl.probing.report import DISTILL_CONFIG
 from repfusion_pl.students import Student, export_backbone
@@ -58,6 +60,18 @@ def probe_parser() -> ArgumentParser:
         "--distill_config", type=str, default=DISTILL_CONFIG, help="what the configs override"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--accelerator",
+        type=Literal["auto", "cpu", "gpu"],
+        default="auto",
+        help="where the feature passes and the ridge statistics run; auto: the GPU when PyTorch sees one",
+    )
+    parser.add_argument(
+        "--precision",
+        type=Literal["32", "bf16"],
+        default="32",
+        help="precision of the feature passes (the ridge solve is float64 either way)",
+    )
     return parser
 
 
@@ -65,6 +79,10 @@ def probe_command(args: Sequence[str]) -> None:
     """``repfusion probe``: linear-probe a teacher's layers x timesteps and write the best configs."""
     parser = probe_parser()
     config = parser.parse_args(list(args))
+    try:
+        resolve_device(config.accelerator)  # before any data is read: a missing GPU is said at once
+    except ValueError as err:
+        parser.error(str(err))
     data_config = yaml.safe_load(parser.dump(config))["data"]
     data = parser.instantiate_classes(config).data
     num_classes = config.num_classes or getattr(data, "num_classes", None)
@@ -85,6 +103,8 @@ def probe_command(args: Sequence[str]) -> None:
         layer_sets=config.layer_sets,
         num_classes=num_classes,
         distill_config=config.distill_config,
+        accelerator=config.accelerator,
+        precision=config.precision,
     )
     for kind, path in result["files"].items():
         print(f"{kind:>15}: {path}")

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from repfusion_pl.data.device_batches import DeviceBatchLoader
 from repfusion_pl.data.resumable import ResumableDataLoader
 
 IGNORE_INDEX = 255
@@ -52,30 +53,38 @@ class BaseDataModule(LightningDataModule):
     Args:
         batch_size: Batch size for every split.
         num_workers: DataLoader worker processes (0 for in-memory data; more for files on disk).
+        device_batches: Hold the training split on the trainer's device and cut (and augment)
+            whole batches there (`DeviceBatchLoader`); in-memory data only.
     """
 
     #: Image channels of the batches (subclasses set it).
     in_channels: int = 3
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, device_batches: bool = False) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.device_batches = device_batches
         self.splits: dict[str, Dataset] = {}
 
-    def _loader(self, split: str, shuffle: bool, shard: bool = True) -> DataLoader:
+    def _split(self, split: str) -> Dataset:
         if split not in self.splits:
             raise RuntimeError(f"{type(self).__name__} has no {split!r} split; call setup() first")
-        dataset = self.splits[split]
-        options: dict[str, Any] = dict(
+        return self.splits[split]
+
+    def _options(self) -> dict[str, Any]:
+        return dict(
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.num_workers > 0 and torch.cuda.is_available(),
         )
-        if not shuffle:
-            return DataLoader(dataset, **options)
+
+    def _training_loader(self, shard: bool) -> DataLoader | DeviceBatchLoader:
+        dataset = self._split("train")
         trainer = self.trainer if shard else None
+        if self.device_batches:
+            return self._device_loader(dataset, trainer)
         return ResumableDataLoader(
             dataset,
             progress=self._training_progress,
@@ -83,7 +92,28 @@ class BaseDataModule(LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             seed=torch.initial_seed(),  # what `seed_everything` set: the run's seed
             drop_last=len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            **options,
+            **self._options(),
+        )
+
+    def _device_loader(self, dataset: Dataset, trainer: Any) -> DeviceBatchLoader:
+        images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+        augment = getattr(dataset, "batch_augment", None)
+        if images is None or (getattr(dataset, "transform", None) is not None and augment is None):
+            raise ValueError(
+                f"{type(self).__name__} cannot cut batches on the device: its training split is not an "
+                "in-memory image tensor with a batched augmentation; set device_batches: false"
+            )
+        return DeviceBatchLoader(
+            images,
+            labels,
+            augment,
+            self.batch_size,
+            self._training_progress,
+            trainer.strategy.root_device if trainer else torch.device("cpu"),
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            seed=torch.initial_seed(),  # what `seed_everything` set: the run's seed
+            drop_last=len(images) > self.batch_size,
         )
 
     def _training_progress(self) -> tuple[int, int]:
@@ -95,12 +125,16 @@ class BaseDataModule(LightningDataModule):
         epoch = getattr(loop.epoch_progress.current, "processed", self.trainer.current_epoch)
         return int(epoch), int(getattr(loop.epoch_loop.batch_progress.current, "processed", 0))
 
-    def train_dataloader(self, shard: bool = True) -> DataLoader:
+    def train_dataloader(self, shard: bool = True) -> DataLoader | DeviceBatchLoader:
         """The shuffled training loader: under DDP this rank's share, unless ``shard`` is false."""
-        return self._loader("train", shuffle=True, shard=shard)
+        return self._training_loader(shard)
+
+    def ordered_loader(self, split: str) -> DataLoader:
+        """An unshuffled loader of any split (``train``, ``val`` or ``test``)."""
+        return DataLoader(self._split(split), **self._options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.ordered_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.ordered_loader("test")

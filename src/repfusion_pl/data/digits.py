@@ -8,6 +8,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.device_batches import BatchAugment
 from repfusion_pl.data.labelled_images import TensorImageDataset
 from repfusion_pl.data.splits import check_fractions, check_labelled, held_out_counts, seeded_split
 
@@ -41,6 +42,8 @@ class DigitsDataModule(BaseDataModule):
         num_workers: DataLoader workers (0 is fastest for this in-memory data).
         labels: ``False``: batches are images alone (the same images and split), for label-free
             distillation (e.g. `repfusion_pl.ContrastiveReward`).
+        device_batches: Keep the training images on the trainer's device and cut and shift whole
+            batches there.
     """
 
     num_classes = 10
@@ -57,8 +60,9 @@ class DigitsDataModule(BaseDataModule):
         seed: int = 0,
         num_workers: int = 0,
         labels: bool = True,
+        device_batches: bool = False,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, device_batches)
         check_fractions(val_fraction, test_fraction, labels_per_class)
         check_labelled(labels, labels_per_class)
         self.save_hyperparameters()
@@ -79,7 +83,10 @@ class DigitsDataModule(BaseDataModule):
         parts = {"train": train_idx, "val": val_idx, "test": test_idx}
         self.splits = {
             name: TensorImageDataset(
-                images[idx], labels[idx] if self.labels else None, augment if name == "train" else None
+                images[idx],
+                labels[idx] if self.labels else None,
+                augment if name == "train" else None,
+                BatchAugment(shift=self.shift) if name == "train" else None,
             )
             for name, idx in parts.items()
         }

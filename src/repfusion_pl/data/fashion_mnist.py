@@ -17,6 +17,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.device_batches import BatchAugment
 from repfusion_pl.data.files import DatasetLayout
 from repfusion_pl.data.labelled_images import TensorImageDataset
 from repfusion_pl.data.splits import check_fractions, check_labelled, seeded_split
@@ -185,6 +186,8 @@ class FashionMNISTDataModule(BaseDataModule):
         num_workers: DataLoader workers.
         labels: ``False``: batches are images alone (the same images and split), for label-free
             distillation (e.g. `repfusion_pl.ContrastiveReward`).
+        device_batches: Keep the training images on the trainer's device and cut, flip and shift
+            whole batches there (for GPUs, where per-image loading is the bottleneck).
     """
 
     num_classes = 10
@@ -205,8 +208,9 @@ class FashionMNISTDataModule(BaseDataModule):
         seed: int = 0,
         num_workers: int = 0,
         labels: bool = True,
+        device_batches: bool = False,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, device_batches)
         check_fractions(labels_per_class=labels_per_class)
         check_labelled(labels, labels_per_class)
         for name, value in (("num_train", num_train), ("num_test", num_test)):
@@ -246,11 +250,13 @@ class FashionMNISTDataModule(BaseDataModule):
         if self.shift > 0:
             augment.append(v2.RandomCrop(self.image_size, padding=self.shift))
         train = v2.Compose(augment) if augment else None
+        batched = BatchAugment(self.flip, self.shift)
         self.splits = {
             name: TensorImageDataset(
                 resize_images(images, self.image_size),
                 labels if self.labels else None,
                 train if name == "train" else None,
+                batched if name == "train" else None,
             )
             for name, (images, labels) in parts.items()
         }

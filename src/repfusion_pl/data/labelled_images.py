@@ -16,6 +16,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
+from repfusion_pl.data.device_batches import BatchAugment
 from repfusion_pl.data.files import read_image
 from repfusion_pl.data.splits import held_out_counts, seeded_split
 
@@ -24,10 +25,24 @@ Samples = list[tuple[str, int]]
 
 
 class TensorImageDataset(Dataset):
-    """In-memory images, with labels or without (``labels=None``: samples are images alone)."""
+    """In-memory images, with labels or without (``labels=None``: samples are images alone).
 
-    def __init__(self, images: Tensor, labels: Tensor | None, transform: v2.Transform | None = None) -> None:
+    Args:
+        images: ``(N, C, H, W)`` images.
+        labels: ``(N,)`` labels, or ``None``.
+        transform: Applied to each image as it is read (a DataLoader's per-image path).
+        batch_augment: The same augmentation for whole batches, for `DeviceBatchLoader`.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        transform: v2.Transform | None = None,
+        batch_augment: BatchAugment | None = None,
+    ) -> None:
         self.images, self.labels, self.transform = images, labels, transform
+        self.batch_augment = batch_augment
 
     def __len__(self) -> int:
         return len(self.images)

@@ -65,7 +65,8 @@ class TimestepTelemetry(Callback):
             if restored:
                 self._counts += torch.tensor(restored, device=pl_module.device)
             self._restored_counts = None
-        self._counts += torch.bincount(timesteps, minlength=len(self._counts))
+        # index_add_, not bincount: bincount reads the largest value back to size its output.
+        self._counts.index_add_(0, timesteps, torch.ones_like(timesteps, dtype=self._counts.dtype))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._counts is None:

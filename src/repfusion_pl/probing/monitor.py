@@ -230,7 +230,7 @@ def student_features(student: Student, loaders: dict[str, Iterable]) -> dict[str
         feats, labels = [], []
         with torch.no_grad():
             for images, target in loaders[split]:
-                feats.append(pooled_features({tap: student(images.to(device))[tap]})[tap])
+                feats.append(pooled_features({tap: student(images.to(device))[tap]})[tap].cpu())
                 labels.append(target)
         out[split] = (torch.cat(feats), torch.cat(labels))
     return out

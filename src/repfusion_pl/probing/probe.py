@@ -8,7 +8,7 @@ distilling when its features clearly beat random ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from repfusion_pl.accelerators import Accelerator, Precision, autocast, resolve_device
 from repfusion_pl.probing.report import (
     DISTILL_CONFIG,
     base_callbacks,
@@ -65,6 +66,8 @@ def run_probe(
     student: Student | None = None,
     progress: bool = True,
     layer_sets: Sequence[Sequence[str]] | None = None,
+    accelerator: Accelerator = "auto",
+    precision: Precision = "32",
 ) -> dict[str, Any]:
     """Probe every (layer or layer set, timestep) of a teacher, and a random-init student as the bar.
 
@@ -75,14 +78,64 @@ def run_probe(
         timesteps: Timesteps to probe.
         layers: Teacher layers to probe; default `candidate_layers`.
         student: A randomly initialised student to probe for comparison; ``None`` skips it.
-        progress: Show a progress bar over the grid.
+        progress: Show a progress bar of the images streamed through (with images/s).
         layer_sets: Concatenations of ``layers`` to probe too (pooled features side by side);
             default `default_layer_sets`; ``[]`` for none.
+        accelerator: Where teacher, student and the ridge statistics live: ``auto`` (the GPU when
+            PyTorch sees one), ``cpu`` or ``gpu``.
+        precision: The feature passes' precision, ``32`` or ``bf16`` (the ridge solve is float64).
 
     Returns:
         ``{"rows": [...], "random_student": {...} | None, "best": {...}}``; a row's ``layer`` is a
         layer path or a ``+``-joined layer set.
     """
+    device = resolve_device(accelerator)
+    options, teacher = load_probe_teacher(teacher_source, layers, device)
+    if not layers:
+        layers = candidate_layers(teacher)
+        teacher.retap(layers)
+    layers = list(layers)
+    sets = checked_layer_sets(layers, layer_sets, teacher)
+    names = [*layers, *(set_name(group) for group in sets)]
+    passes = len(timesteps) + (student is not None)
+    total = images_in(loaders, passes)
+    bar = tqdm(total=total, desc="probe", unit="img", unit_scale=True, disable=not progress)
+    counted = counting(loaders, bar)
+    rows = []
+    for t in timesteps:
+        bar.set_postfix_str(f"t={t}")
+
+        def extract(images: Tensor, t: int = t) -> dict[str, Tensor]:
+            images = images.to(device, non_blocking=True)
+            with autocast(device, precision):
+                features = teacher(images, torch.full((len(images),), t, dtype=torch.long, device=device))
+            pooled = pooled_features(features)
+            pooled.update({set_name(g): torch.cat([pooled[layer] for layer in g], dim=1) for g in sets})
+            return pooled
+
+        for layer, scores in fit_ridge_probes(extract, counted, names, num_classes).items():
+            rows.append({"layer": layer, "timestep": t, **scores})
+    baseline = None
+    if student is not None:
+        bar.set_postfix_str(f"random-init {student.arch}")
+        scores = probe_student(student.to(device), counted, num_classes, precision)
+        baseline = {"arch": student.arch, "stem": student.stem, **scores}
+    bar.close()
+    best = dict(max(rows, key=lambda row: (row["val_acc"], -row["timestep"])))
+    best["head_layer"] = best_single_layer(rows, best)
+    return {
+        "teacher": options["source"],
+        "teacher_options": options,
+        "rows": rows,
+        "random_student": baseline,
+        "best": best,
+    }
+
+
+def load_probe_teacher(
+    teacher_source: str | dict[str, Any], layers: Sequence[str] | None, device: torch.device
+) -> tuple[dict[str, Any], DiffusionTeacher]:
+    """The teacher's options as recorded, and the teacher on ``device``, refusing label-conditioned probes."""
     options = dict(teacher_source) if isinstance(teacher_source, dict) else {"source": teacher_source}
     options.pop("layers", None)
     options.pop("compile", None)  # compiled regions would swallow the taps the probe moves around
@@ -99,10 +152,13 @@ def run_probe(
             f"teacher {options['source']!r} is class-conditional without a null class, so it has no "
             "label-free features to probe; probe an unconditional or classifier-free-guidance teacher"
         ) from None
-    if not layers:
-        layers = candidate_layers(teacher)
-        teacher.retap(layers)
-    layers = list(layers)
+    return options, teacher.to(device)
+
+
+def checked_layer_sets(
+    layers: list[str], layer_sets: Sequence[Sequence[str]] | None, teacher: DiffusionTeacher
+) -> list[list[str]]:
+    """The concatenations to score: ``layer_sets`` as given (each made of probed layers) or the defaults."""
     default_sets = default_layer_sets(layers, teacher.family.is_decoder_layer)
     sets = [list(group) for group in (default_sets if layer_sets is None else layer_sets)]
     for group in sets:
@@ -110,38 +166,31 @@ def run_probe(
             raise ValueError(
                 f"layer set {group} names {unknown}, which are not among the probed layers {layers}"
             )
-    names = [*layers, *(set_name(group) for group in sets)]
-    rows = []
-    bar = tqdm(total=len(timesteps) + (student is not None), desc="probe", disable=not progress)
-    for t in timesteps:
-        bar.set_postfix_str(f"t={t}")
+    return sets
 
-        def extract(images: Tensor, t: int = t) -> dict[str, Tensor]:
-            pooled = pooled_features(teacher(images, torch.full((len(images),), t, dtype=torch.long)))
-            pooled.update({set_name(g): torch.cat([pooled[layer] for layer in g], dim=1) for g in sets})
-            return pooled
 
-        for layer, scores in fit_ridge_probes(extract, loaders, names, num_classes).items():
-            rows.append({"layer": layer, "timestep": t, **scores})
-        bar.update()
-    baseline = None
-    if student is not None:
-        baseline = {
-            "arch": student.arch,
-            "stem": student.stem,
-            **probe_student(student, loaders, num_classes),
-        }
-        bar.update()
-    bar.close()
-    best = dict(max(rows, key=lambda row: (row["val_acc"], -row["timestep"])))
-    best["head_layer"] = best_single_layer(rows, best)
-    return {
-        "teacher": options["source"],
-        "teacher_options": options,
-        "rows": rows,
-        "random_student": baseline,
-        "best": best,
-    }
+def images_in(loaders: dict[str, Iterable], passes: int) -> int | None:
+    """Images streamed by ``passes`` passes over every loader (``None`` when a loader has no length)."""
+    try:
+        sizes = [len(loader.dataset) for loader in loaders.values()]  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
+    return passes * sum(sizes)
+
+
+def counting(loaders: dict[str, Iterable], bar: tqdm) -> dict[str, Iterable]:
+    """The loaders, each advancing ``bar`` by the images of every batch it yields."""
+
+    class Counted:
+        def __init__(self, loader: Iterable) -> None:
+            self.loader = loader
+
+        def __iter__(self) -> Iterator:
+            for batch in self.loader:
+                yield batch
+                bar.update(len(batch[0]))
+
+    return {split: Counted(loader) for split, loader in loaders.items()}
 
 
 def best_single_layer(rows: Sequence[dict[str, Any]], best: dict[str, Any]) -> str:
@@ -177,6 +226,8 @@ def probe_teacher(
     num_classes: int | None = None,
     distill_config: str | Path = DISTILL_CONFIG,
     layer_sets: Sequence[Sequence[str]] | None = None,
+    accelerator: Accelerator = "auto",
+    precision: Precision = "32",
 ) -> dict[str, Any]:
     """The probe as ``repfusion probe`` runs it: grid, random-init bar, report and distillation configs.
 
@@ -191,6 +242,8 @@ def probe_teacher(
         num_classes: Classes; default ``data.num_classes``.
         distill_config: The base distillation config the written overrides apply to.
         layer_sets: Concatenations to probe too; default `default_layer_sets`.
+        accelerator: ``auto`` (the GPU when PyTorch sees one), ``cpu`` or ``gpu``.
+        precision: The feature passes' precision, ``32`` or ``bf16``.
 
     Returns:
         What `run_probe` returns, with ``"files"``: the written paths by kind.
@@ -200,7 +253,15 @@ def probe_teacher(
     if not num_classes:
         raise ValueError(f"{type(data).__name__} has no num_classes attribute; give num_classes")
     result = run_probe(
-        teacher_source, loaders, num_classes, timesteps, layers, student, layer_sets=layer_sets
+        teacher_source,
+        loaders,
+        num_classes,
+        timesteps,
+        layers,
+        student,
+        layer_sets=layer_sets,
+        accelerator=accelerator,
+        precision=precision,
     )
     files = write_report(result, out_dir)
     spec, callbacks = student.backbone_spec.as_dict(), base_callbacks(distill_config)

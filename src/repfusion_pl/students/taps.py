@@ -72,7 +72,7 @@ class FeatureTaps:
         """Call ``forward(*args, **kwargs)`` and return the tapped outputs by path.
 
         Args:
-            forward: The callable to run, usually the tapped model itself.
+            forward (Callable): The callable to run, usually the tapped model itself.
             *args: Positional arguments for ``forward``.
             stop_early: Abort the forward as soon as every tap has fired.
             **kwargs: Keyword arguments for ``forward``.

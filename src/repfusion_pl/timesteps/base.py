@@ -34,7 +34,8 @@ class TimestepSampler(nn.Module):
 
     Subclasses implement `draw`; learned ones also override `build` (to create parameters once the
     teacher is known) and `step_loss`. The current epoch is a buffer, so a schedule resumes from
-    the checkpoint where it stopped.
+    the checkpoint where it stopped; `current_epoch` is its host copy, which schedules read without
+    waiting for the device.
     """
 
     epoch: Tensor
@@ -43,6 +44,7 @@ class TimestepSampler(nn.Module):
         super().__init__()
         self.num_train_timesteps = 0
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.current_epoch = 0
 
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         """Bind to a teacher: T timesteps, teacher feature channels and image channels."""
@@ -51,6 +53,12 @@ class TimestepSampler(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Record the training epoch that is starting."""
         self.epoch.fill_(epoch)
+        self.current_epoch = int(epoch)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "epoch" in state_dict:  # a checkpoint's epoch (read once, at load time)
+            self.current_epoch = int(state_dict[prefix + "epoch"])
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         """Choose one timestep per image."""

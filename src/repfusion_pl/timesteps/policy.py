@@ -102,7 +102,7 @@ class PolicyTimestep(TimestepSampler):
     @property
     def current_entropy_weight(self) -> float:
         """The entropy-bonus weight for the current epoch."""
-        return self.entropy_weight * max(0.0, 1.0 - int(self.epoch) / self.entropy_end_epoch)
+        return self.entropy_weight * max(0.0, 1.0 - self.current_epoch / self.entropy_end_epoch)
 
     def distribution(self, images: Tensor) -> torch.distributions.Categorical:
         """pi(t | x) for each image."""
@@ -122,12 +122,12 @@ class PolicyTimestep(TimestepSampler):
         batch_mean = reward.mean()
         if self.baseline == "batch_mean":
             return reward - batch_mean
-        if not bool(self.baseline_ready):
-            self.baseline_value.copy_(batch_mean)
-            self.baseline_ready.fill_(True)
-        advantage = reward - self.baseline_value
+        # The first batch starts the average at its own mean; chosen on the device, without a host read.
+        value = torch.where(self.baseline_ready, self.baseline_value, batch_mean.detach())
+        advantage = reward - value
         momentum = self.baseline_momentum
-        self.baseline_value.mul_(momentum).add_((1 - momentum) * batch_mean)
+        self.baseline_value.copy_(momentum * value + (1 - momentum) * batch_mean.detach())
+        self.baseline_ready.fill_(True)
         return advantage
 
     def reinforce(self, draw: TimestepDraw, reward: Tensor) -> SamplerOutput:
@@ -145,7 +145,7 @@ class PolicyTimestep(TimestepSampler):
         logs = {
             "policy_entropy": entropy.detach(),
             "reward": reward.mean(),
-            "entropy_weight": reward.new_tensor(beta),
+            "entropy_weight": reward.new_full((), beta),  # a fill on the device, not a host copy
         }
         return SamplerOutput(losses, logs)
 

@@ -42,15 +42,18 @@ def task_head_loss(head: nn.Module, features: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(head(pooled(features)), labels, reduction="none")
 
 
-def check_labels(labels: Tensor | None, num_classes: int, owner: str) -> Tensor:
-    """The labels of a batch, or one clear error when there are none or they exceed ``num_classes``."""
+def check_labels(labels: Tensor | None, num_classes: int, owner: str, check_range: bool = True) -> Tensor:
+    """The labels of a batch, or one clear error when there are none or they exceed ``num_classes``.
+
+    Reading the range waits for the device the labels are on; ``check_range=False`` skips it.
+    """
     if labels is None:
         raise ValueError(
             f"{owner} needs labels, but the batch has none (an unlabelled data module). For label-free "
             "distillation choose the reward that needs none: "
             "`reward: {class_path: repfusion_pl.ContrastiveReward}` in PolicyTimestep."
         )
-    if labels.min() < 0 or labels.max() >= num_classes:
+    if check_range and (labels.min() < 0 or labels.max() >= num_classes):
         bad = int(labels.max() if labels.max() >= num_classes else labels.min())
         raise ValueError(
             f"label {bad} is outside 0..{num_classes - 1}; set {owner}'s num_classes to the dataset's "
@@ -67,9 +70,23 @@ class TimestepReward(nn.Module):
     """
 
     needs_labels: bool = False
+    _range_checked = False
 
     def build(self, feature_channels: int) -> None:
         """Create parameters once the teacher's feature width is known (called by `PolicyTimestep`)."""
+
+    def checked_labels(self, labels: Tensor | None, num_classes: int) -> Tensor:
+        """A batch's labels, refused with the fix when missing or outside ``0..num_classes - 1``.
+
+        On a CPU every batch's range is read; on an accelerator only the first batch's (a read
+        waits for the device, which a GPU step must not do every time), and never while compiling.
+        """
+        on_host = labels is not None and labels.device.type == "cpu"
+        check_range = (on_host or not self._range_checked) and not torch.compiler.is_compiling()
+        checked = check_labels(labels, num_classes, type(self).__name__, check_range)
+        if check_range and not on_host:  # set only when it changes: a compiled step is not re-traced
+            self._range_checked = True
+        return checked
 
     def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
         """Score the drawn timesteps.
@@ -113,7 +130,7 @@ class TaskHeadReward(TimestepReward):
         )
 
     def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
-        labels = check_labels(labels, self.num_classes, "TaskHeadReward")
+        labels = self.checked_labels(labels, self.num_classes)
         assert self.head is not None, "build() first"
         head_ce = task_head_loss(self.head, features, labels)
         return RewardOutput(-head_ce.detach(), losses={"head_ce": head_ce.mean()})
@@ -154,7 +171,7 @@ class LeastSquaresReward(TimestepReward):
         return ((targets - design @ weights) ** 2).sum(dim=1).float()
 
     def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
-        labels = check_labels(labels, self.num_classes, "LeastSquaresReward")
+        labels = self.checked_labels(labels, self.num_classes)
         residuals = self.residuals(features, labels)
         return RewardOutput(-residuals.detach(), logs={"lsq_residual": residuals.mean().detach()})
 

@@ -84,7 +84,7 @@ class LinearDecayTimestep(TimestepSampler):
     @property
     def max_t(self) -> int:
         """The current exclusive upper bound."""
-        progress = min(int(self.epoch) / self.epochs, 1.0)
+        progress = min(self.current_epoch / self.epochs, 1.0)
         return max(1, round(self.start + (self.end - self.start) * progress))
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
