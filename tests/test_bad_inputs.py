@@ -12,6 +12,7 @@ import hashlib
 import io
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from repfusion_pl.data import ImageFolderDataModule
 from repfusion_pl.distillation.losses import DenseMSELoss
 from repfusion_pl.students.weights import export_backbone, read_backbone_weights
 from repfusion_pl.tasks import ClassificationTask
+from repfusion_pl.teachers.sizes import OffSizeWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,6 +272,33 @@ def converter_input_not_guided_diffusion(env: Env) -> str:
     return cli_message(env, "convert-adm", str(env.tmp / "unet.pt"), out, "--config", "imagenet64-cond")
 
 
+def images_of_another_size(env: Env) -> str:
+    # The tiny teacher was trained at 8 px; the data gives 12 px: it runs, with one warning of both sizes.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # It runs: into a folder of its own (the earlier run's must not change).
+        main(
+            distill_command(
+                env.teacher, env.tmp / "run", "distill_one_step.yaml", "--data.init_args.image_size=12"
+            )
+        )
+    said = [str(w.message) for w in caught if issubclass(w.category, OffSizeWarning)]
+    assert len(said) == 1, said  # once per run, not once per batch
+    return said[0]
+
+
+def a_null_given_on_the_command_line(env: Env) -> str:
+    message = cli_message(env, *distill_cli(env, "--model.init_args.sampler.init_args.num_classes", "null"))
+    assert "Union subtypes" not in message and "NestedArg" not in message, message
+    return message
+
+
+def a_layer_that_returns_a_tuple(env: Env) -> None:
+    from tiny_pipelines import save_stable_diffusion
+
+    DiffusionTeacher(str(save_stable_diffusion(env.tmp / "sd")), layers=["up_blocks.1.attentions.0"])
+
+
 CASES = [
     (
         "unknown class_path",
@@ -379,6 +408,24 @@ CASES = [
         converter_input_not_guided_diffusion,
         r"the checkpoint is a diffusers UNet state dict",
         r"Give the UNet's .pt as openai/guided-diffusion publishes it",
+    ),
+    (
+        "images of another size than the teacher's",
+        images_of_another_size,
+        r"trained on 8x8 images but is fed 12x12",
+        r"data\.init_args\.image_size: 8",
+    ),
+    (
+        "a value of the wrong type on the command line",
+        a_null_given_on_the_command_line,
+        r"model\.init_args\.sampler\.init_args\.num_classes: given 'None', which is not int or None",
+        r"`num_classes: null` in a YAML file and add it with another --config.*--print_config",
+    ),
+    (
+        "a teacher layer that returns a tuple",
+        a_layer_that_returns_a_tuple,
+        r"'up_blocks\.1\.attentions\.0' returns \w+, not a tensor",
+        r"the nearest: \['up_blocks\.1', 'up_blocks\.1\.resnets\.0'",
     ),
     (
         "pickle that runs code",

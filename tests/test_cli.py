@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -323,3 +324,36 @@ def test_a_second_run_replaces_last_ckpt_and_tasks_say_what_they_load(cli_teache
     line = next(r.message for r in caplog.records if r.message.startswith("loaded backbone weights"))
     assert "resnet18/cifar-stem student" in line and "PolicyTimestep(reward=TaskHeadReward" in line
     assert f"saved {saved['repfusion']['saved_at']}" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--trainer.max_epochs", "ten"], "trainer.max_epochs: given 'ten', which is not int or None"),
+        (
+            ["--model.init_args.feature_loss.init_args.weight", "heavy"],
+            "model.init_args.feature_loss.init_args.weight: given 'heavy', which is not float",
+        ),
+    ],
+)
+def test_a_bad_value_is_one_line_with_its_key_and_debug_keeps_the_full_report(args, said, capsys):
+    base = ["fit", "--config", str(ROOT / "configs/distill.yaml"), *args, "--print_config"]
+    for debug in (False, True):
+        with pytest.raises(SystemExit):
+            main(["--debug", *base] if debug else base)
+        err = capsys.readouterr().err
+        assert ("Union subtypes" in err) == debug and (said in err) != debug, err
+        assert "--print_config" in err
+
+
+def test_a_command_line_checkpoint_callback_also_leaves_the_newest_run_in_last_ckpt(cli_teacher, tmp_path):
+    # The command: the user's own ModelCheckpoint, without enable_version_counter, run twice.
+    own = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"}
+    own["init_args"] = {"dirpath": str(tmp_path / "ck"), "save_last": True}
+    for steps in (3, 1):
+        main(
+            distill_args(cli_teacher, tmp_path, f"--trainer.max_steps={steps}")
+            + [f"--trainer.callbacks=[{json.dumps(own)}]"]
+        )
+    assert sorted(p.name for p in (tmp_path / "ck").glob("last*.ckpt")) == ["last.ckpt"]
+    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["global_step"] == 1

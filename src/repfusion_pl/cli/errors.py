@@ -65,6 +65,58 @@ def build_error(err: BaseException, config: dict) -> ConfigBuildError:
     return ConfigBuildError(f"cannot build{where} from the configuration:\n{message}")
 
 
+_PARSER_KEY = re.compile(r'^(\s*)(?:- )?Parser key "([^"]+)":\s*(.*)$')
+_TYPE_NAME = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+
+
+def _type_names(text: str) -> list[str]:
+    """``<class 'int'>, <class 'NoneType'>`` -> ``["int", "None"]``."""
+    return [{"NoneType": "None"}.get(name, name) for name in _TYPE_NAME.findall(text)]
+
+
+def parse_error_summary(text: str) -> str | None:
+    """Jsonargparse's report of one bad value as one line: the full key, the value given, what it accepts.
+
+    jsonargparse nests a wrong value's report inside every Union and class it passes through
+    ("Does not validate against any of the Union subtypes", one level per component). The deepest
+    ``Parser key`` is the value at fault; the keys above it, joined through the ``init_args`` of the
+    classes in between, give its full key. Returns ``None`` for reports of another shape.
+    """
+    lines = text.splitlines()
+    keys = [
+        (i, len(m.group(1)), m.group(2)) for i, line in enumerate(lines) if (m := _PARSER_KEY.match(line))
+    ]
+    if not keys:
+        return None
+    leaf, indent, key = max(keys, key=lambda k: (k[1], -k[0]))
+    path, at, depth = [key], leaf, indent
+    for i, other_indent, other_key in reversed([k for k in keys if k[0] < leaf]):
+        if other_indent < depth:
+            through_class = "Problem with given class_path" in "\n".join(lines[i:at])
+            path.insert(0, f"{other_key}.init_args" if through_class else other_key)
+            at, depth = i, other_indent
+    block = [lines[leaf]]  # the leaf's own report: the lines indented under it
+    for line in lines[leaf + 1 :]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line)
+    accepted = next((_type_names(line) for line in block if "Subtypes:" in line), None)
+    accepted = accepted or _type_names(next((line for line in block if "Expected a" in line), ""))
+    given = next((line.split("Given value:", 1)[1].strip() for line in block if "Given value:" in line), None)
+    got = next((line.split("Got value:", 1)[1].strip() for line in block if "Got value:" in line), None)
+    value = given if given is not None else got
+    if value is None or not accepted:
+        return None
+    said = f"{'.'.join(path)}: given {value!r}, which is not {' or '.join(accepted)}"
+    if value in ("None", "null") and "None" in accepted:
+        said += (
+            f". A null given on the command line inside a component arrives as the text {value!r} (a "
+            f"jsonargparse limitation): write `{path[-1]}: null` in a YAML file and add it with another "
+            "--config"
+        )
+    return said
+
+
 def unwrap_worker_error(err: BaseException) -> BaseException:
     """A data-loader worker's exception as the worker raised it (the same message as with no workers)."""
     text = str(err)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from argparse import ArgumentError
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -26,7 +28,13 @@ import repfusion_pl.probing  # noqa: F401
 import repfusion_pl.tasks  # noqa: F401
 import repfusion_pl.teachers  # noqa: F401
 from repfusion_pl.checkpoints import CONFIG_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
-from repfusion_pl.cli.errors import ConfigBuildError, build_error, config_error_hint, unwrap_worker_error
+from repfusion_pl.cli.errors import (
+    ConfigBuildError,
+    build_error,
+    config_error_hint,
+    parse_error_summary,
+    unwrap_worker_error,
+)
 from repfusion_pl.cli.preemption import Preemption
 
 
@@ -59,6 +67,16 @@ class RepFusionCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
 
+    def before_instantiate_classes(self) -> None:
+        # A second run into the same folder must replace last.ckpt (what task configs and --ckpt_path
+        # read), never leave it as the older run's beside a last-v1.ckpt: so for every checkpoint
+        # callback that keeps a last.ckpt, the shipped configs' or the user's, no version counter.
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else self.config
+        for callback in (config.get("trainer.callbacks") or []) if config is not None else []:
+            if keeps_last_checkpoint(callback):
+                callback.init_args.enable_version_counter = False
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -79,6 +97,20 @@ class RepFusionCLI(LightningCLI):
         if not any(isinstance(callback, Preemption) for callback in [*listed, *callbacks]):
             callbacks = [*callbacks, Preemption()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def keeps_last_checkpoint(callback: Any) -> bool:
+    """Whether a callback of the config is a `ModelCheckpoint` (or subclass) with ``save_last``."""
+    class_path = getattr(callback, "class_path", None)
+    init_args = getattr(callback, "init_args", None)
+    if not isinstance(class_path, str) or init_args is None or not getattr(init_args, "save_last", None):
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
 
 
 def build_cli(args: ArgsType | Sequence[str] = None, run: bool = True) -> LightningCLI:
@@ -144,7 +176,9 @@ def run_lightning(argv: list[str], debug: bool = False) -> None:
     try:
         build_cli(with_checkpoint_config(argv))
     except ArgumentError as err:
-        print(f"repfusion: bad configuration\n{err}\n{config_error_hint(str(err))}", file=sys.stderr)
+        summary = None if debug else parse_error_summary(str(err))
+        report = summary or str(err)  # --debug (or a report of another shape) keeps jsonargparse's text
+        print(f"repfusion: bad configuration\n{report}\n{config_error_hint(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
     except ConfigBuildError as err:
         if debug:

@@ -8,6 +8,7 @@ noise schedule, a VAE for latent models, a fixed conditioning. `DiffusionTeacher
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from diffusers import DDPMScheduler
@@ -102,3 +103,29 @@ def unet_candidate_layers(unet: Any) -> list[str]:
     layers += ["mid_block.resnets.0", "mid_block.resnets.1.conv2"]
     layers += [f"up_blocks.{i}.resnets.{len(block.resnets) - 1}" for i, block in enumerate(unet.up_blocks)]
     return layers
+
+
+#: Modules that return (N, C, h, w) maps in diffusers denoisers: ResNets, DiT's top-level blocks, UNet up
+#: and mid blocks (down blocks return tuples of the map and its skips; SD's inner transformer blocks,
+#: token sequences).
+_MAP_LAYER = re.compile(r"(^|\.)resnets\.\d+$|^(transformer_blocks\.\d+|up_blocks\.\d+|mid_block)$")
+
+
+def nearest_map_layers(denoiser: nn.Module, layer: str, limit: int = 4) -> list[str]:
+    """Layers that return maps, nearest by name to ``layer`` (most leading path parts in common first).
+
+    For a decoder attention block such as ``up_blocks.1.attentions.0``: ``up_blocks.1`` and its
+    ResNets; for ``transformer_blocks.3.attn1``: ``transformer_blocks.3``.
+    """
+    names = [name for name, _ in denoiser.named_modules() if name != layer and _MAP_LAYER.search(name)]
+    parts = layer.split(".")
+
+    def shared(name: str) -> int:
+        common = 0
+        for mine, theirs in zip(parts, name.split("."), strict=False):
+            if mine != theirs:
+                break
+            common += 1
+        return common
+
+    return sorted(names, key=lambda name: -shared(name))[:limit]  # stable: forward order among equals

@@ -18,8 +18,9 @@ from repfusion_pl.teachers.class_labels import (
     map_labels,
     read_class_label_map,
 )
-from repfusion_pl.teachers.family import TeacherFamily
+from repfusion_pl.teachers.family import TeacherFamily, nearest_map_layers
 from repfusion_pl.teachers.loading import load_family
+from repfusion_pl.teachers.sizes import check_batch_size, warn_if_off_size
 from repfusion_pl.teachers.sources import Family, detect_family, resolve_source
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
@@ -75,6 +76,7 @@ class DiffusionTeacher(nn.Module):
 
     _guest: _Guest
     _label_map: Tensor
+    _warned_off_size = False
 
     def __init__(
         self,
@@ -250,21 +252,15 @@ class DiffusionTeacher(nn.Module):
         return features
 
     def _check_batch_size(self, size: tuple[int, int]) -> None:
-        multiple = self.family.size_multiple
-        latent = self.family.name != "pixel_unet"
-        # Latent teachers' features and projectors are sized for image_size; pixel UNets take any multiple.
-        if any(side % multiple for side in size) or (latent and size != (self.sample_size,) * 2):
-            raise ValueError(
-                f"teacher {self.source!r} ({self.family.name}) was set up for {self.sample_size} px images "
-                f"(sides a multiple of {multiple}) but the batch is {size[0]}x{size[1]}; set the teacher's "
-                "image_size and the data module's image size to the same value"
-            )
+        check_batch_size(self.source, self.family, self.sample_size, size)
+        if not self._warned_off_size:  # once per teacher: the first off-size batch says it
+            self.__dict__["_warned_off_size"] = warn_if_off_size(self.source, self.family, size)
 
     def _as_map(self, name: str, output: object, sample: Tensor) -> Tensor:
         if not isinstance(output, Tensor):
             raise ValueError(
-                f"teacher layer {name!r} returns {type(output).__name__}, not a tensor; tap one of its "
-                f"submodules instead (e.g. {self.family.candidate_layers()[:3]})"
+                f"teacher layer {name!r} returns {type(output).__name__}, not a tensor; tap a layer that "
+                f"returns maps, the nearest: {nearest_map_layers(self.denoiser, name)}"
             )
         feature = self.family.feature_map(output, sample)
         if feature.ndim != 4:
