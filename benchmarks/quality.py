@@ -1,74 +1,112 @@
-"""Does a diffusion teacher beat random init on real data with headroom? Fashion-MNIST (``make quality``).
+"""Does distilling pay? Fashion-MNIST with the GPU-trained teacher of benchmarks/teachers/fashion-32.
 
-(a) A search of the teacher side with the probe: every UNet level going down and coming up, and the
-encoder, decoder and all-layer concatenations, x timesteps, next to a random-init ResNet-18 (the bar
-to beat); the best cell is what a user would distil from;
+(a) The probe: teacher layers (every UNet level going down and coming up) and their encoder, decoder
+and all-layer concatenations x timesteps, next to a random-init ResNet-18 (the bar to beat); the
+best cell is what gets distilled;
 (b) distillation from it with the REINFORCE policy (labels), the policy without labels (contrastive
-reward), the best fixed t and uniform t, each watched by the representation monitor every epoch;
+reward), the best fixed t and uniform t, each once per distillation seed and watched by the
+representation monitor;
 (c) fine-tuning with 10 and 100 labels per class, and a ridge linear probe on all labels, from each
-distilled student and from random init, over 3 seeds: mean ± std test accuracy to
-``benchmarks/results/quality-<profile>.{json,md,png}``.
+distilled student and from random init, over 3 seeds: mean ± std test accuracy, and each
+distillation seed's own mean, to ``<results-dir>/quality-<profile>.{json,md,png}`` plus the monitor
+curves (``quality-<profile>-monitor.png``).
 
-Distillation needs no labels beyond the policy's reward head, so it may see more (unlabelled) training
-images than the probe and fine-tuning pool. Profiles: ``cpu`` (16x16 images; a 5,000-image pool for
-probing and fine-tuning, 10,000 images for distillation; the 6,000-step teacher of
-configs/fashion-teacher.yaml; about 70 minutes on 2 cores) and ``gpu`` (28x28 padded to 32, all 55,000
-training images, the larger teacher of configs/fashion-teacher-gpu.yaml, bf16; sized for one H100).
-Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (Debian/Ubuntu package
-``dataset-fashion-mnist``) or ``--root``.
+Profiles (both 28x28 images padded to 32, the shipped teacher's size):
+
+* ``gpu``: sized for one 8-minute call on one H100/H200 (bf16): 20,000 images distilled for 8 epochs
+  per arm, all four arms, two distillation seeds, batches cut on the GPU;
+* ``cpu``: about 70 minutes on 2 CPU cores: the two arms the targets compare (the policy and the best
+  fixed t), one distillation seed, 4,000 images for 4 epochs, the probe at two timesteps; chosen
+  from measured speeds on this project's CPU (teacher forward to the decoder 36 img/s, distillation
+  step 21 img/s, ResNet-18 training step 54 img/s, feature pass 182 img/s, 32 px, batch 64).
+
+``--dry-run`` runs a profile tiny (on the CPU, in a couple of minutes; a test does). The teacher is
+the shipped one when ``benchmarks/teachers/fashion-32`` is there; ``--retrain-teacher`` trains
+``configs/fashion-teacher-gpu.yaml`` instead. Fashion-MNIST is read from ``--root`` (default: the
+Debian/Ubuntu package's folder, or ``$FASHION``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from study import Setting, merge, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILES = {
-    "cpu": {
-        "teacher_config": "configs/fashion-teacher.yaml",
-        "data": {"image_size": 16, "num_train": 5000, "num_val": 1000, "num_test": 2000, "batch_size": 64},
-        "distill_data": {"num_train": 10000},
-        "distill_epochs": 5,
-        "finetune_epochs": {10: 40, 100: 15},
-        "trainer": {},
-    },
+SHIPPED = ROOT / "benchmarks" / "teachers" / "fashion-32"
+TEACHER_CONFIG = ROOT / "configs" / "fashion-teacher-gpu.yaml"
+PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
-        "teacher_config": "configs/fashion-teacher-gpu.yaml",
-        "data": {"image_size": 32, "num_val": 5000, "batch_size": 256, "num_workers": 6},
-        "distill_data": {},
-        "distill_epochs": 4,
-        "finetune_epochs": {10: 60, 100: 20},
+        "data": {"image_size": 32, "num_val": 5000, "batch_size": 256},
+        "distill_data": {"num_train": 20000, "device_batches": True},
+        "distill_epochs": 8,
+        "arms": None,
+        "distill_seeds": [0, 1],
+        "finetune_epochs": {10: 30, 100: 15},
+        "timesteps": [0, 50, 100, 200, 400],
+        "monitor": {"every": 2, "images": 2000},
+        "probe": {"accelerator": "auto", "precision": "bf16"},
         "trainer": {"precision": "bf16-mixed"},
     },
+    "cpu": {
+        "data": {"image_size": 32, "num_train": 2000, "num_val": 500, "num_test": 1000, "batch_size": 64},
+        "distill_data": {"num_train": 4000},
+        "distill_epochs": 4,
+        "arms": ["policy (REINFORCE)", "fixed t"],
+        "distill_seeds": None,
+        "finetune_epochs": {10: 30, 100: 5},
+        "timesteps": [0, 100],
+        "monitor": {"every": 1, "images": 1000, "teacher": False},
+        "probe": {"accelerator": "cpu", "precision": "32"},
+        "trainer": {},
+    },
+}
+#: --dry-run: the same pipeline on a handful of images, one epoch each, on the CPU.
+DRY_RUN = {
+    "data": {"num_train": 80, "num_val": 32, "num_test": 32, "batch_size": 16},
+    "distill_data": {"num_train": 48, "device_batches": False},
+    "distill_epochs": 1,
+    "finetune_epochs": {2: 1, 3: 1},
+    "timesteps": [0],
+    "monitor": {"every": 1, "images": 16},
+    "probe": {"accelerator": "cpu", "precision": "32"},
+    "trainer": {"accelerator": "cpu"},
+    "seeds": [0, 1],
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--root", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 400])
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    profile = PROFILES[args.profile]
-    work_dir = ROOT / "artifacts" / f"quality-{args.profile}"
+def teacher_size(folder: Path) -> int:
+    """The image side a teacher folder was trained at (its UNet's ``sample_size``)."""
+    config = folder / "unet" / "config.json"
+    if not config.is_file():
+        config = folder / "config.json"
+    size = json.loads(config.read_text())["sample_size"]
+    return int(size[0] if isinstance(size, list) else size)
 
-    data = {
-        "class_path": "repfusion_pl.data.FashionMNISTDataModule",
-        "init_args": {"root": args.root, **profile["data"]},
-    }
+
+def choose_teacher(retrain: bool, image_size: int) -> tuple[Path | None, Path]:
+    """The teacher folder to use as it is (``None``: train it) and the folder it lives in, size-checked."""
+    trained = ROOT / yaml.safe_load(TEACHER_CONFIG.read_text())["model"]["init_args"]["output_dir"]
+    folder = trained if retrain or not SHIPPED.is_dir() else SHIPPED
+    if folder.is_dir() and (size := teacher_size(folder)) != image_size:
+        raise SystemExit(
+            f"the teacher in {folder} was trained on {size} px images but this profile distils "
+            f"{image_size} px ones; use a teacher of {image_size} px or a profile of {size} px"
+        )
+    return (None if folder == trained and retrain else folder), folder
+
+
+def configs(profile: dict[str, Any], data: dict) -> tuple[dict, dict, list[Setting]]:
+    """The distillation and fine-tuning base configs and the evaluation columns of a profile."""
     epochs = profile["distill_epochs"]
-    distill = yaml.safe_load((ROOT / "configs" / "distill.yaml").read_text())
     distill = merge(
-        distill,
+        yaml.safe_load((ROOT / "configs" / "distill.yaml").read_text()),
         {
             "trainer": {"max_epochs": epochs, "limit_val_batches": 0, **profile["trainer"]},
             "model": {
@@ -80,35 +118,69 @@ def main() -> None:
             "data": merge(data, {"init_args": profile["distill_data"]}),
         },
     )
-    classify = yaml.safe_load((ROOT / "configs" / "classify.yaml").read_text())
     classify = merge(
-        classify,
+        yaml.safe_load((ROOT / "configs" / "classify.yaml").read_text()),
         {"trainer": {"limit_val_batches": 0, "num_sanity_val_steps": 0, **profile["trainer"]}, "data": data},
     )
     settings = [
         Setting(
             f"{labels} labels/class",
             {
-                "trainer": {"max_epochs": ft_epochs},
+                "trainer": {"max_epochs": ft},
                 "data": {"init_args": {"labels_per_class": labels, "batch_size": 32}},
             },
         )
-        for labels, ft_epochs in profile["finetune_epochs"].items()
+        for labels, ft in profile["finetune_epochs"].items()
     ]
-    settings.append(Setting("linear probe, all labels"))
+    return distill, classify, [*settings, Setting("linear probe, all labels")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--root", default=os.environ.get("FASHION"), help="Fashion-MNIST's folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--retrain-teacher", action="store_true", help="train configs/fashion-teacher-gpu.yaml"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="the same pipeline, tiny, on the CPU")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: artifacts/quality-<profile>")
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    if args.dry_run:  # merged, but its own fine-tuning columns (a dict would merge with the profile's)
+        profile = {**merge(profile, DRY_RUN), "finetune_epochs": DRY_RUN["finetune_epochs"]}
+    seeds = profile.get("seeds", args.seeds)
+    name = f"quality-{args.profile}" + ("-dry-run" if args.dry_run else "")
+    teacher_dir, teacher_folder = choose_teacher(args.retrain_teacher, profile["data"]["image_size"])
+    data = {
+        "class_path": "repfusion_pl.data.FashionMNISTDataModule",
+        "init_args": {"root": args.root, **profile["data"]},
+    }
+    distill, classify, settings = configs(profile, data)
+    monitor = profile["monitor"]
     run_study(
-        name=f"quality-{args.profile}",
-        teacher_config=ROOT / profile["teacher_config"],
+        name=name,
+        teacher_config=TEACHER_CONFIG,
+        teacher_dir=teacher_dir,
         data=data,
         distill_base=distill,
         classify_base=classify,
         settings=settings,
-        seeds=args.seeds,
-        timesteps=args.timesteps,
-        work_dir=work_dir,
+        seeds=seeds,
+        timesteps=profile["timesteps"],
+        work_dir=args.work_dir or ROOT / "artifacts" / name,
         results_dir=args.results_dir,
-        monitor_every=1,
+        monitor_every=monitor["every"],
+        monitor_images=monitor["images"],
+        monitor_teacher=monitor.get("teacher", True),
+        arms=profile["arms"],
+        distill_seeds=profile["distill_seeds"],
+        probe_options=profile["probe"],
     )
+    print(f"teacher: {teacher_folder}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -169,3 +170,21 @@ def test_wrong_image_channels_name_the_fix(gray_teacher_dir):
     teacher = DiffusionTeacher(str(gray_teacher_dir))
     with pytest.raises(ValueError, match=r"1-channel images but the batch has 3"):
         teacher(torch.rand(1, 3, 8, 8), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_folder_of_half_precision_weights_loads_as_float32_and_gives_float32_features(tmp_path, dtype):
+    from conftest import make_tiny_unet, save_pipeline
+
+    unet = make_tiny_unet(1)
+    folder = save_pipeline(tmp_path / "half", make_tiny_unet(1).to(dtype))
+    stored = json.loads((folder / "unet" / "config.json").read_text())
+    assert stored["sample_size"] == 8
+    teacher = DiffusionTeacher(str(folder))
+    assert {p.dtype for p in teacher.denoiser.parameters()} == {torch.float32}
+    x, t = torch.rand(2, 1, 8, 8), torch.tensor([0, 500])
+    features = teacher(x, t)[teacher.layers[0]]
+    assert features.dtype == torch.float32
+    # The same weights, rounded to half precision once: the features of the float32 original, nearly.
+    reference = DiffusionTeacher(str(save_pipeline(tmp_path / "full", unet.to(dtype).float())))
+    torch.testing.assert_close(features, reference(x, t)[reference.layers[0]])

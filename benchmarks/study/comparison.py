@@ -103,6 +103,8 @@ class Comparison:
         extra: Entries added to the result as they are.
         monitor: A `RepresentationMonitor` block for every distillation (its curves go to the results).
         accelerator: Where the linear probes run: ``auto`` (the GPU when PyTorch sees one), ``cpu``, ``gpu``.
+        distill_seeds: Distil every arm once per seed (``seed_everything``), so that the spread of
+            distillation itself is measured; ``None``: once, with the base config's seed.
     """
 
     name: str
@@ -118,18 +120,28 @@ class Comparison:
     extra: dict[str, Any] = field(default_factory=dict)
     monitor: dict | None = None
     accelerator: str = "auto"
+    distill_seeds: list[int] | None = None
 
-    def distil(self, arm: str, overrides: dict) -> tuple[Path, dict[str, Any], float]:
-        """Run one distillation arm; return its checkpoint, final metrics and seconds taken.
+    def run_names(self, arm: str) -> list[tuple[str, int | None]]:
+        """The file-name stem and seed of every distillation of ``arm`` (the arm's slug when once)."""
+        if self.distill_seeds is None:
+            return [(slug(arm), None)]
+        return [(f"{slug(arm)}-d{seed}", seed) for seed in self.distill_seeds]
+
+    def distil(
+        self, arm: str, overrides: dict, name: str, seed: int | None = None
+    ) -> tuple[Path, dict[str, Any], float]:
+        """Run one distillation of an arm; return its checkpoint, final metrics and seconds taken.
 
         The metrics include where the timestep choice settled (``settled_t``: the most drawn t of
-        the last epoch, ``settled_share``: its share); the arm's ``timesteps.png`` is copied next to
-        the results as ``<name>-timesteps-<arm>.png``.
+        the last epoch, ``settled_share``: its share); the run's ``timesteps.png`` is copied next to
+        the results as ``<name>-timesteps-<run name>.png``.
         """
-        name = slug(arm)
         checkpoint = self.work_dir / "students" / f"{name}.ckpt"
         logs = self.work_dir / "logs" / name
         config = merge(self.distill_base, overrides)
+        if seed is not None:
+            config = merge(config, {"seed_everything": seed})
         callbacks = [self.monitor] if self.monitor else None
         config = merge(
             config, {"trainer": {**QUIET_TRAINER, "default_root_dir": str(logs), "callbacks": callbacks}}
@@ -156,7 +168,8 @@ class Comparison:
         """Test accuracy of one backbone (``None``: random init) under one setting and seed."""
         if setting.classify is None:
             return self.linear_probe(weights, seed)
-        run = f"{slug(arm)}-{slug(setting.name)}-seed{seed}"
+        student = weights.stem if weights is not None else slug(arm)
+        run = f"{student}-{slug(setting.name)}-seed{seed}"
         config = merge(self.classify_base, setting.classify)
         config = merge(
             config,
@@ -192,38 +205,55 @@ class Comparison:
 
     def run_count(self) -> int:
         """How many runs `run` makes (a distilled student's linear probe runs once: it is deterministic)."""
+        students = len(self.arms) * len(self.distill_seeds or [None])
         probes = sum(setting.classify is None for setting in self.settings)
-        fine_tunes = (len(self.arms) + 1) * (len(self.settings) - probes) * len(self.seeds)
-        return len(self.arms) + fine_tunes + probes * (len(self.arms) + len(self.seeds))
+        fine_tunes = (students + 1) * (len(self.settings) - probes) * len(self.seeds)
+        return students + fine_tunes + probes * (students + len(self.seeds))
+
+    def distil_all(self, bar: tqdm) -> tuple[dict[str, list[Path | None]], dict[str, dict]]:
+        """Every distillation: each arm's students (one per distillation seed) and their metrics."""
+        students: dict[str, list[Path | None]] = {RANDOM_INIT: [None]}
+        distillation: dict[str, dict] = {}
+        for arm, overrides in self.arms.items():
+            runs = []
+            for name, seed in self.run_names(arm):
+                bar.set_postfix_str(f"distil {name}")
+                checkpoint, metrics, seconds = self.distil(arm, overrides, name, seed)
+                students.setdefault(arm, []).append(checkpoint)
+                runs.append({"seconds": round(seconds, 1), **({"seed": seed} if seed is not None else {})})
+                runs[-1].update(rounded(metrics))
+                bar.update()
+            # The first distillation's record as before; every seed's under "per_seed".
+            distillation[arm] = {**runs[0], **({"per_seed": runs} if len(runs) > 1 else {})}
+        return students, distillation
 
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Every distillation, then every evaluation; write the JSON, markdown and plot; return the result."""
         bar = tqdm(total=self.run_count(), desc=self.name, unit="run")
-        students: dict[str, Path | None] = {RANDOM_INIT: None}
-        distillation: dict[str, dict] = {}
-        for arm, overrides in self.arms.items():
-            bar.set_postfix_str(f"distil {arm}")
-            checkpoint, metrics, seconds = self.distil(arm, overrides)
-            students[arm] = checkpoint
-            distillation[arm] = {"seconds": round(seconds, 1), **rounded(metrics)}
-            bar.update()
+        students, distillation = self.distil_all(bar)
         scores: dict[str, dict[str, list[float]]] = {arm: {} for arm in students}
+        by_distill_seed: dict[str, dict[str, list[list[float]]]] = {arm: {} for arm in students}
         for setting in self.settings:
-            for arm, weights in students.items():
-                deterministic = setting.classify is None and weights is not None
-                for seed in self.seeds[:1] if deterministic else self.seeds:
-                    bar.set_postfix_str(f"{setting.name} | {arm} | seed {seed}")
-                    accuracy = self.evaluate(arm, weights, setting, seed)
-                    scores[arm].setdefault(setting.name, []).append(accuracy)
-                    bar.update()
-                    if progress:
-                        progress(f"{setting.name:<18} {arm:<28} seed {seed}: test acc {accuracy:.4f}")
+            for arm, runs in students.items():
+                for weights in runs:
+                    deterministic = setting.classify is None and weights is not None
+                    values = []
+                    for seed in self.seeds[:1] if deterministic else self.seeds:
+                        bar.set_postfix_str(f"{setting.name} | {arm} | seed {seed}")
+                        values.append(self.evaluate(arm, weights, setting, seed))
+                        bar.update()
+                        if progress:
+                            progress(f"{setting.name:<18} {arm:<28} seed {seed}: test acc {values[-1]:.4f}")
+                    scores[arm].setdefault(setting.name, []).extend(values)
+                    by_distill_seed[arm].setdefault(setting.name, []).append(values)
         bar.close()
         result = {
             "name": self.name,
             "seeds": self.seeds,
+            "distill_seeds": self.distill_seeds,
             "settings": [s.name for s in self.settings],
             "scores": scores,
+            "by_distill_seed": by_distill_seed,
             "distillation": distillation,
             "environment": environment(),
             **self.extra,

@@ -27,15 +27,20 @@ def ensure_teacher(config_path: str | Path, output_dir: str | Path) -> float:
     return time.perf_counter() - start
 
 
-def probe(teacher: str, data: dict, timesteps: Sequence[int], out_dir: Path, distill_base: dict) -> dict:
-    """`repfusion probe` in-process, with the distillation config's student as the random-init bar."""
+def probe(
+    teacher: str, data: dict, timesteps: Sequence[int], out_dir: Path, distill_base: dict, **options: Any
+) -> dict:
+    """`repfusion probe` in-process, with the distillation config's student as the random-init bar.
+
+    ``options`` go to `probe_teacher` (``layers``, ``layer_sets``, ``accelerator``, ``precision``).
+    """
     student_args = distill_base["model"]["init_args"]["student"]["init_args"]
     spec = {
         key: student_args[key] for key in ("arch", "library", "stem", "in_channels") if key in student_args
     }
     module = instantiate_data(data)
     lightning.seed_everything(0, verbose=False)
-    return probe_teacher(teacher, module, data, timesteps, out_dir, Student(**spec))
+    return probe_teacher(teacher, module, data, timesteps, out_dir, Student(**spec), **options)
 
 
 def run_study(
@@ -51,6 +56,11 @@ def run_study(
     results_dir: Path,
     monitor_every: int | None = 1,
     monitor_images: int = 2000,
+    monitor_teacher: bool = True,
+    teacher_dir: Path | None = None,
+    arms: Sequence[str] | None = None,
+    distill_seeds: list[int] | None = None,
+    probe_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Teacher (trained or reused), probe, the distillation arms, evaluation: the whole story.
 
@@ -71,29 +81,46 @@ def run_study(
         monitor_every: Probe every distilling student each this many epochs (`RepresentationMonitor`
             on ``data``); ``None`` for no monitor.
         monitor_images: Images of each split the monitor probes with.
+        monitor_teacher: The monitor also probes the teacher each time (a teacher pass per image).
+        teacher_dir: A trained teacher to use as it is (e.g. one shipped under benchmarks/teachers);
+            default: ``teacher_config``'s output folder, trained first when it is not there.
+        arms: The arms to run, by the start of their names (e.g. ``["policy (REINFORCE)", "fixed t"]``);
+            default all four.
+        distill_seeds: Distil each arm once per seed (the spread of distillation itself); default once.
+        probe_options: More `probe_teacher` arguments (``layers``, ``layer_sets``, ``accelerator``,
+            ``precision``).
     """
     start = time.perf_counter()
-    teacher_dir = yaml.safe_load(Path(teacher_config).read_text())["model"]["init_args"]["output_dir"]
-    print(f"== 1. teacher ({teacher_config})")
-    teacher_seconds = ensure_teacher(teacher_config, teacher_dir)
+    teacher_seconds = 0.0
+    if teacher_dir is None:
+        teacher_dir = yaml.safe_load(Path(teacher_config).read_text())["model"]["init_args"]["output_dir"]
+        print(f"== 1. teacher ({teacher_config})")
+        teacher_seconds = ensure_teacher(teacher_config, teacher_dir)
+    else:
+        print(f"== 1. teacher: {teacher_dir} (trained before; not retrained)")
     print("== 2. probe")
     probe_start = time.perf_counter()
-    probed = probe(teacher_dir, data, timesteps, work_dir / "probe", distill_base)
+    probed = probe(
+        str(teacher_dir), data, timesteps, work_dir / "probe", distill_base, **(probe_options or {})
+    )
     probe_seconds = time.perf_counter() - probe_start
     best = probed["best"]
-    print(f"== 3. distil from {best['layer']}: policy, fixed t={best['timestep']}, uniform t; then evaluate")
-    source = {"model": {"init_args": {"teacher": {"init_args": {"source": teacher_dir}}}}}
+    print(f"== 3. distil from {best['layer']} at t={best['timestep']}: the sampler arms; then evaluate")
+    source = {"model": {"init_args": {"teacher": {"init_args": {"source": str(teacher_dir)}}}}}
     distill_base = merge(distill_base, source)
+    every_arm = sampler_arms(
+        best["layer"],
+        best["timestep"],
+        distill_base["model"]["init_args"]["sampler"],
+        head_layer=best.get("head_layer"),
+    )
+    chosen = {name: arm for name, arm in every_arm.items() if arms is None or name.startswith(tuple(arms))}
     comparison = Comparison(
         name=name,
         distill_base=distill_base,
         classify_base=classify_base,
-        arms=sampler_arms(
-            best["layer"],
-            best["timestep"],
-            distill_base["model"]["init_args"]["sampler"],
-            head_layer=best.get("head_layer"),
-        ),
+        arms=chosen,
+        distill_seeds=distill_seeds,
         settings=settings,
         seeds=seeds,
         work_dir=work_dir,
@@ -103,11 +130,16 @@ def run_study(
         if monitor_every is None
         else {
             "class_path": "repfusion_pl.RepresentationMonitor",
-            "init_args": {"data": data, "every_n_epochs": monitor_every, "max_images": monitor_images},
+            "init_args": {
+                "data": data,
+                "every_n_epochs": monitor_every,
+                "max_images": monitor_images,
+                "teacher": monitor_teacher,
+            },
         },
         num_classes=int(classify_base["model"]["init_args"]["num_classes"]),
         extra={
-            "teacher": teacher_dir,
+            "teacher": str(teacher_dir),
             "probe": {"best": best, "random_student": probed["random_student"], "rows": probed["rows"]},
         },
     )

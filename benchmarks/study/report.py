@@ -86,13 +86,68 @@ def markdown_table(result: dict[str, Any]) -> str:
     header = ["backbone", *result["settings"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
-    seeds = len(result["seeds"])
+    seeds, distilled = len(result["seeds"]), len(result.get("distill_seeds") or [None])
+    if distilled == 1:
+        lines.append(
+            f"\nTest accuracy (%), mean ± std over {seeds} seeds (labelled subset, head init, order; for "
+            "random init also the weights). Each student was distilled once, so its ridge linear probe is "
+            "deterministic and run once (± 0)."
+        )
+        return "\n".join(lines)
     lines.append(
-        f"\nTest accuracy (%), mean ± std over {seeds} seeds (labelled subset, head init, order; for random "
-        "init also the weights). Each student was distilled once, so its ridge linear probe is deterministic "
-        "and run once (± 0)."
+        f"\nTest accuracy (%), mean ± std over {distilled} distillation seeds × {seeds} fine-tuning seeds "
+        f"(the linear probe: over the {distilled} distilled students; random init: over {seeds} "
+        "initialisations)."
     )
+    return "\n".join(lines) + "\n\n" + spread_table(result)
+
+
+def spread_table(result: dict[str, Any]) -> str:
+    """Each distilled student's own mean, per setting: how much distillation itself varies."""
+    settings = result["settings"]
+    lines = ["| distilled from | " + " | ".join(settings) + " |", "|" + "---|" * (len(settings) + 1)]
+    for arm, per_setting in result.get("by_distill_seed", {}).items():
+        if len(next(iter(per_setting.values()), [])) < 2:
+            continue  # random init: one set of seeds, no distillation
+        cells = [" / ".join(f"{100 * statistics.fmean(v):.1f}" for v in per_setting[s]) for s in settings]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("\nPer distillation seed: each student's mean over the fine-tuning seeds (%).")
     return "\n".join(lines)
+
+
+def plot_monitor_curves(result: dict[str, Any], path: Path) -> Path | None:
+    """The representation monitor of every arm on one figure: student probe per epoch, bar and teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {
+        arm: [run.get("monitor") for run in record.get("per_seed", [record])]
+        for arm, record in result.get("distillation", {}).items()
+    }
+    runs = {arm: [m for m in monitors if m] for arm, monitors in runs.items() if any(monitors)}
+    if not runs:
+        return None
+    fig, axis = plt.subplots(figsize=(6.4, 3.8))
+    for arm, monitors in runs.items():
+        epochs = [entry["epoch"] + 1 for entry in monitors[0]]
+        curves = [[entry["student"] for entry in monitor] for monitor in monitors]
+        mean = [statistics.fmean(values) for values in zip(*curves, strict=False)]
+        axis.plot(epochs[: len(mean)], [100 * v for v in mean], "-o", markersize=3, label=arm)
+    first = next(iter(runs.values()))[0]
+    axis.axhline(100 * first[0]["random"], color="grey", linestyle="--", label="random-init bar")
+    if "teacher" in first[0]:
+        axis.axhline(100 * first[0]["teacher"], color="black", linestyle=":", label="teacher taps")
+    axis.set(xlabel="epochs distilled", ylabel="linear-probe val accuracy (%)")
+    axis.set_title(
+        f"{result['name']}: the student while distilling (mean over distillation seeds)", fontsize=9
+    )
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
@@ -122,4 +177,7 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=110)
     plt.close(fig)
+    monitor = plot_monitor_curves(result, results_dir / f"{result['name']}-monitor.png")
+    if monitor is not None:
+        paths["monitor"] = monitor
     return paths

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from diffusers import DDPMScheduler
 
 Family = Literal["pixel_unet", "latent_unet", "dit"]
@@ -81,9 +82,17 @@ def _is_dit(config: Path) -> bool:
 
 
 def load_strict(model_class: Any, path: Path, subfolder: str | None) -> Any:
-    """``from_pretrained`` refusing weights that do not fit the config (diffusers only warns)."""
+    """``from_pretrained`` refusing weights that do not fit the config (diffusers only warns).
+
+    Weights stored in half precision (to halve a folder's size) load as float32 parameters: the
+    run's precision (``bf16-mixed`` autocast, or plain float32) decides what the forward computes in.
+    """
     model, info = model_class.from_pretrained(
-        path, subfolder=subfolder, low_cpu_mem_usage=False, output_loading_info=True
+        path,
+        subfolder=subfolder,
+        low_cpu_mem_usage=False,
+        output_loading_info=True,
+        torch_dtype=torch.float32,
     )
     problems = {kind: info.get(kind) for kind in ("missing_keys", "mismatched_keys") if info.get(kind)}
     if problems:
