@@ -109,7 +109,9 @@ def test_a_missing_required_argument_gets_the_parsers_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(path)])
     assert exit_info.value.code != 0
-    assert "the following arguments are required: source" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    said = "model.init_args.teacher (repfusion_pl.DiffusionTeacher): the following arguments are required"
+    assert f"{said}: source" in printed
 
 
 def test_an_unknown_class_path_is_reported(tmp_path, capsys):
@@ -236,12 +238,23 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert set(SUBCOMMANDS) == {"fit", "validate", "test", "predict", "probe", "export", "convert-adm"}
+    assert set(SUBCOMMANDS) == {
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "probe",
+        "cache",
+        "export",
+        "convert-adm",
+    }
     for name, subcommand in SUBCOMMANDS.items():
         assert re.search(rf"^\s+{name}\s+{re.escape(subcommand.summary[:30])}", printed, re.M), name
 
 
-@pytest.mark.parametrize("name", ["fit", "validate", "test", "predict", "probe", "export", "convert-adm"])
+@pytest.mark.parametrize(
+    "name", ["fit", "validate", "test", "predict", "probe", "cache", "export", "convert-adm"]
+)
 def test_every_subcommand_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])

@@ -175,12 +175,16 @@ def test_several_teacher_layers_into_one_student_tap_are_concatenated_and_projec
     channels = sum(teacher.feature_shapes[layer][0] for layer in layers)
     assert [(p.in_channels, p.out_channels) for p in module.projectors] == [(512, channels)]
     images = torch.rand(4, 1, 8, 8)
-    losses, feats = module.feature_losses(images, torch.full((4,), 10), None)
-    assert set(losses) == {"feature"} and set(feats) == set(layers)
+    timesteps = torch.full((4,), 10)
+    losses, targets = module.feature_losses(images, timesteps, None)
+    assert set(losses) == {"feature"} and set(targets) == {"feature", "head"}
     from repfusion_pl.distillation.projectors import concat_maps
 
-    target = concat_maps([feats[layer] for layer in layers])
-    assert target.shape[1] == channels and target.shape[-2:] == feats[layers[0]].shape[-2:]
+    features = teacher(images, timesteps, None)
+    target = concat_maps([features[layer] for layer in layers])
+    assert target.shape[1] == channels and target.shape[-2:] == features[layers[0]].shape[-2:]
+    torch.testing.assert_close(targets["feature"], target)
+    torch.testing.assert_close(targets["head"], features[module.head_layer])
     projected = module.projectors[0](module.student(images)[module.student.taps[0]])
     torch.testing.assert_close(losses["feature"], module.feature_loss(projected, target))
 

@@ -23,7 +23,7 @@ from repfusion_pl.distillation import (
 from repfusion_pl.probing import RepresentationMonitor
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
-from repfusion_pl.teachers import DiffusionTeacher, DiffusionTeacherTraining
+from repfusion_pl.teachers import CachedTeacher, DiffusionTeacher, DiffusionTeacherTraining
 from repfusion_pl.timesteps import (
     ContrastiveReward,
     FixedTimestep,
@@ -47,6 +47,7 @@ __all__ = [
     "SegmentationTask",
     "AttentionTransferLoss",
     "BackboneSpec",
+    "CachedTeacher",
     "ContrastiveReward",
     "DenseL1Loss",
     "DenseMSELoss",

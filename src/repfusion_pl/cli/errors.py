@@ -74,13 +74,56 @@ def _type_names(text: str) -> list[str]:
     return [{"NoneType": "None"}.get(name, name) for name in _TYPE_NAME.findall(text)]
 
 
+_CLASS_PROBLEM = re.compile(r"^(\s*)- Problem with given class_path '([\w.]+)':\s*$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _block(lines: list[str], at: int) -> list[str]:
+    """The lines indented under ``lines[at]``."""
+    block = []
+    for line in lines[at + 1 :]:
+        if _indent(line) <= _indent(lines[at]):
+            break
+        block.append(line)
+    return block
+
+
+def _full_key(lines: list[str], keys: list[tuple[int, int, str]], at: int, depth: int) -> list[str]:
+    """The dotted key of the report at line ``at``: the parser keys above it, through ``init_args``."""
+    path: list[str] = []
+    for i, other_indent, other_key in reversed([k for k in keys if k[0] < at]):
+        if other_indent < depth:
+            through_class = "Problem with given class_path" in "\n".join(lines[i:at])
+            path.insert(0, f"{other_key}.init_args" if through_class else other_key)
+            at, depth = i, other_indent
+    return path
+
+
+def _class_problem(lines: list[str], keys: list[tuple[int, int, str]]) -> str | None:
+    """A class named in a Union that failed with a message of its own (a missing argument, ...)."""
+    leaf = max(keys, key=lambda k: k[1])[1] if keys else -1
+    for at, line in enumerate(lines):
+        match = _CLASS_PROBLEM.match(line)
+        block = _block(lines, at) if match else []
+        if not match or not block or any(_PARSER_KEY.match(b) for b in block) or _indent(line) < leaf:
+            continue
+        key = ".".join(_full_key(lines, keys, at, _indent(line)))
+        message = " ".join(b.strip() for b in block)
+        return f"{key} ({match.group(2)}): {message}"
+    return None
+
+
 def parse_error_summary(text: str) -> str | None:
     """Jsonargparse's report of one bad value as one line: the full key, the value given, what it accepts.
 
     jsonargparse nests a wrong value's report inside every Union and class it passes through
     ("Does not validate against any of the Union subtypes", one level per component). The deepest
     ``Parser key`` is the value at fault; the keys above it, joined through the ``init_args`` of the
-    classes in between, give its full key. Returns ``None`` for reports of another shape.
+    classes in between, give its full key. A class of a Union that failed with its own message (a
+    required argument left out) is reported as that message. Returns ``None`` for other shapes.
     """
     lines = text.splitlines()
     keys = [
@@ -88,18 +131,11 @@ def parse_error_summary(text: str) -> str | None:
     ]
     if not keys:
         return None
+    if problem := _class_problem(lines, keys):
+        return problem
     leaf, indent, key = max(keys, key=lambda k: (k[1], -k[0]))
-    path, at, depth = [key], leaf, indent
-    for i, other_indent, other_key in reversed([k for k in keys if k[0] < leaf]):
-        if other_indent < depth:
-            through_class = "Problem with given class_path" in "\n".join(lines[i:at])
-            path.insert(0, f"{other_key}.init_args" if through_class else other_key)
-            at, depth = i, other_indent
-    block = [lines[leaf]]  # the leaf's own report: the lines indented under it
-    for line in lines[leaf + 1 :]:
-        if len(line) - len(line.lstrip()) <= indent:
-            break
-        block.append(line)
+    path = [*_full_key(lines, keys, leaf, indent), key]
+    block = [lines[leaf], *_block(lines, leaf)]
     accepted = next((_type_names(line) for line in block if "Subtypes:" in line), None)
     accepted = accepted or _type_names(next((line for line in block if "Expected a" in line), ""))
     given = next((line.split("Given value:", 1)[1].strip() for line in block if "Given value:" in line), None)

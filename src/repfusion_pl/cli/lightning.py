@@ -36,6 +36,7 @@ from repfusion_pl.cli.errors import (
     unwrap_worker_error,
 )
 from repfusion_pl.cli.preemption import Preemption
+from repfusion_pl.data.target_store import CacheError
 
 
 class RecordConfigCallback(SaveConfigCallback):
@@ -180,7 +181,7 @@ def run_lightning(argv: list[str], debug: bool = False) -> None:
         report = summary or str(err)  # --debug (or a report of another shape) keeps jsonargparse's text
         print(f"repfusion: bad configuration\n{report}\n{config_error_hint(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
-    except ConfigBuildError as err:
+    except (ConfigBuildError, CacheError) as err:
         if debug:
             raise
         print(f"repfusion: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lightning.pytorch.cli import ArgsType
 
 from repfusion_pl._version import __version__
+from repfusion_pl.cli.cache import cache_command
 from repfusion_pl.cli.commands import export_command, probe_command
 from repfusion_pl.cli.lightning import run_lightning
 from repfusion_pl.teachers.adm import convert_adm_command
@@ -43,6 +44,9 @@ SUBCOMMANDS = {
         "linear-probe a teacher's layers x timesteps against a random-init student", probe_command
     ),
     "export": Subcommand("write a distilled student backbone as safetensors", export_command),
+    "cache": Subcommand(
+        "run a teacher once over the training views at a timestep grid, for CachedTeacher", cache_command
+    ),
     "convert-adm": Subcommand(
         "convert an OpenAI guided-diffusion (ADM) checkpoint into a diffusers folder", convert_adm_command
     ),

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from repfusion_pl.data.device_batches import DeviceBatchLoader
 from repfusion_pl.data.resumable import ResumableDataLoader
+from repfusion_pl.data.target_store import TargetStore
+from repfusion_pl.data.views import ViewsDataset, ViewSpec
 
 IGNORE_INDEX = 255
 
@@ -66,6 +68,23 @@ class BaseDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.device_batches = device_batches
         self.splits: dict[str, Dataset] = {}
+        self.views: tuple[TargetStore, ViewSpec] | None = None
+
+    def serve_views(self, store: TargetStore, spec: ViewSpec) -> None:
+        """Serve the training and validation splits as the cached views of ``store`` (with their targets)."""
+        if self.device_batches:
+            raise ValueError(
+                f"{type(self).__name__}: a teacher-target cache serves its views through the per-image "
+                "loader; set device_batches: false"
+            )
+        self.views = (store, spec)
+
+    def _served(self, split: str) -> Dataset:
+        dataset = self._split(split)
+        if self.views is None:
+            return dataset
+        store, spec = self.views
+        return ViewsDataset(dataset, store, split, spec)
 
     def _split(self, split: str) -> Dataset:
         if split not in self.splits:
@@ -81,7 +100,7 @@ class BaseDataModule(LightningDataModule):
         )
 
     def _training_loader(self, shard: bool) -> DataLoader | DeviceBatchLoader:
-        dataset = self._split("train")
+        dataset = self._served("train")
         trainer = self.trainer if shard else None
         if self.device_batches:
             return self._device_loader(dataset, trainer)
@@ -134,7 +153,7 @@ class BaseDataModule(LightningDataModule):
         return DataLoader(self._split(split), **self._options())
 
     def val_dataloader(self) -> DataLoader:
-        return self.ordered_loader("val")
+        return DataLoader(self._served("val"), **self._options())
 
     def test_dataloader(self) -> DataLoader:
         return self.ordered_loader("test")

@@ -64,7 +64,12 @@ class ImageFileDataset(Dataset):
     """
 
     def __init__(
-        self, samples: Samples, transform: v2.Transform, grayscale: bool = False, labelled: bool = True
+        self,
+        samples: Samples,
+        transform: v2.Transform,
+        grayscale: bool = False,
+        labelled: bool = True,
+        plain_transform: v2.Transform | None = None,
     ) -> None:
         # Strings, not Paths: workers read the list without touching thousands of Python objects.
         self.paths = [str(path) for path, _ in samples]
@@ -72,9 +77,14 @@ class ImageFileDataset(Dataset):
         self.transform = transform
         self.mode = ImageReadMode.GRAY if grayscale else ImageReadMode.RGB
         self.labelled = labelled
+        self.plain_transform = plain_transform or transform
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def plain(self, index: int) -> Tensor:
+        """Image ``index`` without the training augmentation (resized as the evaluation splits are)."""
+        return self.plain_transform(read_image(self.paths[index], self.mode))
 
     def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
         image = self.transform(read_image(self.paths[index], self.mode))
@@ -156,7 +166,7 @@ def image_file_splits(
     """A dataset per split of files, resized to ``image_size``; ``train`` augmented if asked."""
     train, plain = (image_transform(image_size, flag, crop=crop) for flag in (augment, False))
     return {
-        name: ImageFileDataset(samples, train if name == "train" else plain, grayscale, labelled)
+        name: ImageFileDataset(samples, train if name == "train" else plain, grayscale, labelled, plain)
         for name, samples in splits.items()
     }
 

@@ -34,7 +34,7 @@ class StepCapture:
         self.step, self.options = step, options
         self.compiled: Callable[..., Terms] | None = None
 
-    def __call__(self, images: Tensor, *args: Tensor | None) -> Terms:
+    def __call__(self, images: Tensor, *args: Any) -> Terms:
         cuda = images.device.type == "cuda"
         if self.compiled is None:
             default = {"mode": "reduce-overhead"} if cuda else {}

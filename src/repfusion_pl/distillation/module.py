@@ -13,18 +13,23 @@ from torch import Tensor
 
 from repfusion_pl._version import __version__
 from repfusion_pl.checkpoints import PROVENANCE_KEY, RNG_KEY, check_resumable
-from repfusion_pl.data.base import check_image_channels
+from repfusion_pl.distillation.cached_targets import check_cached_run, split_batch
 from repfusion_pl.distillation.cadence import finite_check_interval, should_log_step
 from repfusion_pl.distillation.capture import StepCapture
 from repfusion_pl.distillation.finite import NonFiniteWatch
 from repfusion_pl.distillation.losses import FeatureLoss, PooledMSELoss
-from repfusion_pl.distillation.projectors import build_projectors, concat_maps, concatenates_teacher
+from repfusion_pl.distillation.projectors import (
+    build_projectors,
+    concat_maps,
+    concatenates_teacher,
+    pair_names,
+)
 from repfusion_pl.distillation.rng import RandomStreams
 from repfusion_pl.distillation.telemetry import TimestepTelemetry
 from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.students import Student
-from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.teachers import CachedTeacher, Teacher
 from repfusion_pl.timesteps import TimestepDraw, TimestepSampler, UniformTimestep
 
 
@@ -64,7 +69,7 @@ class RepFusionDistillation(LightningModule):
 
     def __init__(
         self,
-        teacher: DiffusionTeacher,
+        teacher: Teacher,
         student: Student,
         sampler: TimestepSampler | None = None,
         feature_loss: FeatureLoss | None = None,
@@ -95,6 +100,9 @@ class RepFusionDistillation(LightningModule):
                 f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}"
             )
         self.projectors = build_projectors(teacher, student, self.feature_loss)
+        if isinstance(teacher, CachedTeacher):
+            pairs = pair_names(teacher, student)
+            check_cached_run(teacher, self.sampler, self.feature_loss, pairs, self.head_layer)
         head_channels = teacher.feature_shapes[self.head_layer][0]
         self.sampler.build(teacher.num_train_timesteps, head_channels, teacher.in_channels)
         self.channels_last = channels_last
@@ -115,42 +123,58 @@ class RepFusionDistillation(LightningModule):
 
     # The step ------------------------------------------------------------------------------------
 
-    def images_and_labels(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        """A batch of images, or of (images, labels), checked against the teacher's channels."""
-        if isinstance(batch, Tensor):
-            images, labels = batch, None
-        elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-            images, labels = batch
-        else:
-            raise TypeError("distillation batches must be an image tensor or an (images, labels) pair")
-        check_image_channels(images, self.teacher.in_channels, "the teacher and student")
-        return images, labels
+    def images_and_labels(self, batch: Any) -> tuple[Tensor, Tensor | None, dict[str, Tensor] | None]:
+        """A batch's images (checked against the teacher's channels), labels and cached targets."""
+        return split_batch(batch, self.teacher.in_channels)
 
     def feature_losses(
-        self, images: Tensor, timesteps: Tensor, labels: Tensor | None
+        self,
+        images: Tensor,
+        timesteps: Tensor,
+        labels: Tensor | None,
+        cached: dict[str, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The feature loss of every (student tap, teacher layer) pair, and the teacher's features."""
+        """The feature loss of every (student tap, teacher target) pair, and the targets (with ``head``)."""
         images = images.contiguous(memory_format=self.memory_format)
-        teacher_feats = self.teacher(images, timesteps, labels)
+        targets = self.teacher_targets(images, timesteps, labels, cached)
         student_feats = self.student(images)
+        pairs = zip(self.projectors, self.student.taps, pair_names(self.teacher, self.student), strict=True)
+        losses = {name: self.feature_loss(p(student_feats[tap]), targets[name]) for p, tap, name in pairs}
+        return losses, targets
+
+    def teacher_targets(
+        self,
+        images: Tensor,
+        timesteps: Tensor,
+        labels: Tensor | None,
+        cached: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """What each pair's loss compares with, and ``head`` (what a learned sampler's reward reads).
+
+        From a batch's cached targets when the teacher is a `CachedTeacher`, else from the teacher's
+        features: several layers into one student tap are concatenated (`concat_maps`).
+        """
+        if isinstance(self.teacher, CachedTeacher):
+            if cached is None:
+                raise ValueError(
+                    "a CachedTeacher's batches bring their targets: attach it to its data module"
+                )
+            return self.teacher.select(cached, timesteps)
+        features = self.teacher(images, timesteps, labels)
+        names = pair_names(self.teacher, self.student)
         if concatenates_teacher(self.teacher, self.student):
-            target = concat_maps([teacher_feats[layer] for layer in self.teacher.layers])
-            projected = self.projectors[0](student_feats[self.student.taps[0]])
-            return {"feature": self.feature_loss(projected, target)}, teacher_feats
-        losses = {}
-        pairs = zip(self.projectors, self.student.taps, self.teacher.layers, strict=True)
-        for projector, s_name, t_name in pairs:
-            key = "feature" if len(self.projectors) == 1 else f"feature/{t_name}"
-            losses[key] = self.feature_loss(projector(student_feats[s_name]), teacher_feats[t_name])
-        return losses, teacher_feats
+            targets = {names[0]: concat_maps([features[layer] for layer in self.teacher.layers])}
+        else:
+            targets = {name: features[layer] for name, layer in zip(names, self.teacher.layers, strict=True)}
+        return {**targets, "head": features[self.head_layer]}
 
     def training_losses(
-        self, images: Tensor, labels: Tensor | None
+        self, images: Tensor, labels: Tensor | None, cached: dict[str, Tensor] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Every loss term of a training batch, the values to log, and the drawn timesteps."""
         draw = self.sampler.draw(images, self.rng.train)
         terms = self.capture if self.capture is not None else self.step_terms
-        losses, sampler_logs = terms(images, draw.timesteps, labels, draw.log_prob, draw.entropy)
+        losses, sampler_logs = terms(images, draw.timesteps, labels, draw.log_prob, draw.entropy, cached)
         t = draw.timesteps.float()
         logs = {"t_mean": t.mean(), "t_std": t.std(unbiased=False), **sampler_logs}
         return losses, logs, draw.timesteps
@@ -162,16 +186,17 @@ class RepFusionDistillation(LightningModule):
         labels: Tensor | None,
         log_prob: Tensor | None = None,
         entropy: Tensor | None = None,
+        cached: dict[str, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Feature losses and the sampler's terms for drawn timesteps: what ``compile_step`` captures."""
-        losses, teacher_feats = self.feature_losses(images, timesteps, labels)
+        losses, targets = self.feature_losses(images, timesteps, labels, cached)
         draw = TimestepDraw(timesteps, log_prob, entropy)
-        sampler_terms = self.sampler.step_loss(draw, teacher_feats[self.head_layer], labels)
+        sampler_terms = self.sampler.step_loss(draw, targets["head"], labels)
         return {**losses, **sampler_terms.losses}, sampler_terms.logs
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        images, labels = self.images_and_labels(batch)
-        losses, logs, timesteps = self.training_losses(images, labels)
+        images, labels, cached = self.images_and_labels(batch)
+        losses, logs, timesteps = self.training_losses(images, labels, cached)
         total = torch.stack(list(losses.values())).sum()
         # Recorded on the device and read back only every `finite_check_every` steps: the step
         # itself never waits for the GPU (on a CPU that costs nothing, so it is read every step).
@@ -187,9 +212,9 @@ class RepFusionDistillation(LightningModule):
         return {"loss": total, "timesteps": timesteps}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels = self.images_and_labels(batch)
+        images, labels, cached = self.images_and_labels(batch)
         draw = self.sampler.draw(images, self.rng.validation)
-        losses, _ = self.feature_losses(images, draw.timesteps, labels)
+        losses, _ = self.feature_losses(images, draw.timesteps, labels, cached)
         loss = torch.stack(list(losses.values())).sum()
         self.log("val/feature", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
 
@@ -201,6 +226,15 @@ class RepFusionDistillation(LightningModule):
         if any(isinstance(callback, TimestepTelemetry) for callback in callbacks):
             return []
         return [TimestepTelemetry()]
+
+    def setup(self, stage: str) -> None:
+        if isinstance(self.teacher, CachedTeacher) and stage == "fit":
+            data = self.trainer.datamodule  # type: ignore[attr-defined]
+            if data is None:
+                raise ValueError(
+                    "a CachedTeacher serves the data module it was cached from: give the run `data:`"
+                )
+            self.teacher.attach(data)
 
     def on_fit_start(self) -> None:
         self.rng.start(self.global_rank, self.device)
@@ -262,10 +296,5 @@ class RepFusionDistillation(LightningModule):
             fused = self.device.type == "cuda"
             return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fused or None)
 
-        return build_optimization(
-            self.parameter_groups(),
-            self.optimizer_factory,
-            self.lr_scheduler_factory,
-            authors_sgd,
-            self.schedule,
-        )
+        groups, factories = self.parameter_groups(), (self.optimizer_factory, self.lr_scheduler_factory)
+        return build_optimization(groups, *factories, authors_sgd, self.schedule)

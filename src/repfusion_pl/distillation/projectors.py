@@ -8,12 +8,19 @@ from torch import Tensor, nn
 
 from repfusion_pl.distillation.losses import FeatureLoss
 from repfusion_pl.students import Student
-from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.teachers import Teacher
 
 
-def concatenates_teacher(teacher: DiffusionTeacher, student: Student) -> bool:
+def concatenates_teacher(teacher: Teacher, student: Student) -> bool:
     """Whether several teacher layers feed one student tap (their maps concatenated)."""
     return len(student.taps) == 1 and len(teacher.layers) > 1
+
+
+def pair_names(teacher: Teacher, student: Student) -> list[str]:
+    """The name of each (student tap, teacher target) pair: its loss term, and a cache's target name."""
+    if len(teacher.layers) == 1 or concatenates_teacher(teacher, student):
+        return ["feature"]
+    return [f"feature/{layer}" for layer in teacher.layers]
 
 
 def concat_maps(maps: list[Tensor]) -> Tensor:
@@ -23,7 +30,7 @@ def concat_maps(maps: list[Tensor]) -> Tensor:
     return torch.cat(resized, dim=1)
 
 
-def build_projectors(teacher: DiffusionTeacher, student: Student, loss: FeatureLoss) -> nn.ModuleList:
+def build_projectors(teacher: Teacher, student: Student, loss: FeatureLoss) -> nn.ModuleList:
     """One ``Conv2d(student channels, teacher channels, 1)`` per (student tap, teacher layer) pair.
 
     Taps pair up in order; one student tap against several teacher layers is matched with their

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from repfusion_pl.teachers import DiffusionTeacher
+from repfusion_pl.teachers import CachedTeacher, DiffusionTeacher
 
 
 class TimestepTelemetry(Callback):
@@ -44,7 +44,7 @@ class TimestepTelemetry(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         teacher = getattr(pl_module, "teacher", None)
-        if not isinstance(teacher, DiffusionTeacher):
+        if not isinstance(teacher, (DiffusionTeacher, CachedTeacher)):
             raise TypeError(
                 f"TimestepTelemetry observes a distillation module with a DiffusionTeacher `teacher`, not "
                 f"{type(pl_module).__name__}; remove it from trainer.callbacks"

@@ -29,6 +29,8 @@ class LimitedLoader:
 
     def __iter__(self) -> Iterator:
         for batch in itertools.islice(self.loader, self.batches):
+            if isinstance(batch, dict) and "labels" in batch:  # cached views: the images and their labels
+                batch = (batch["images"], batch["labels"])
             if not isinstance(batch, (list, tuple)) or len(batch) != 2:
                 raise ValueError(
                     f"RepresentationMonitor probes with labels, but {self.source} yields images alone; give "
@@ -154,7 +156,7 @@ class RepresentationMonitor(Callback):
         if self.random_bar is None:
             self.random_bar = {"val_acc": self._random_bar(student, loaders, num_classes)}
         entry["random"] = self.random_bar["val_acc"]
-        if self.probe_teacher:
+        if self.probe_teacher and getattr(pl_module.teacher, "live", True):  # a cache cannot be probed
             entry.update(self._teacher_score(pl_module, loaders, num_classes))
         if self.knn_k:
             entry["student_knn"] = knn_accuracy(student_features(student, loaders), self.knn_k)

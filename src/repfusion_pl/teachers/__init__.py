@@ -4,6 +4,7 @@ Also here: training a small pixel teacher of one's own (`DiffusionTeacherTrainin
 OpenAI guided-diffusion checkpoints (`repfusion_pl.teachers.adm`).
 """
 
+from repfusion_pl.teachers.cached import CachedTeacher
 from repfusion_pl.teachers.class_labels import (
     MissingClassLabelMapError,
     read_class_label_map,
@@ -17,7 +18,11 @@ from repfusion_pl.teachers.sources import EXPECTED_LAYOUTS, detect_family, resol
 from repfusion_pl.teachers.teacher import DEFAULT_TEACHER_LAYER, DiffusionTeacher
 from repfusion_pl.teachers.training import DiffusionTeacherTraining
 
+#: What a distillation module takes as its teacher: the live model, or its targets read from a cache.
+Teacher = DiffusionTeacher | CachedTeacher
+
 __all__ = [
+    "CachedTeacher",
     "DEFAULT_TEACHER_LAYER",
     "EXPECTED_LAYOUTS",
     "DiffusionTeacher",
@@ -26,6 +31,7 @@ __all__ = [
     "LatentUNet",
     "MissingClassLabelMapError",
     "PixelUNet",
+    "Teacher",
     "TeacherFamily",
     "detect_family",
     "load_family",

@@ -68,9 +68,20 @@ class TimestepSampler(nn.Module):
         """One line saying what this sampler does (recorded with the weights it distilled)."""
         return type(self).__name__
 
+    def support(self) -> list[int]:
+        """Every timestep this sampler can draw (a teacher-target cache must hold them all)."""
+        return list(range(self.num_train_timesteps))
+
     def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
         """Extra losses for a learned sampler; fixed schedules have none."""
         return SamplerOutput()
+
+    def _check_grid(self, grid: list[int] | None) -> None:
+        if grid is not None and (not grid or not all(0 <= t < self.num_train_timesteps for t in grid)):
+            last = self.num_train_timesteps - 1
+            raise ValueError(
+                f"{type(self).__name__}.grid={grid} must list timesteps in the teacher's 0..{last}"
+            )
 
     def _uniform(self, images: Tensor, high: int, generator: torch.Generator | None) -> TimestepDraw:
         t = torch.randint(0, high, (images.shape[0],), device=images.device, generator=generator)

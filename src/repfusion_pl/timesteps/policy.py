@@ -30,10 +30,13 @@ class PolicyTimestep(TimestepSampler):
         entropy_end_epoch: Epoch at which the bonus reaches 0 (paper: 100).
         policy_channels: Width of the policy CNN.
         head_hidden: Hidden width of the default task-head reward (default 256).
+        grid: Choose among these timesteps instead of all T (a discretised policy: a teacher-target
+            cache's grid, and live as well).
     """
 
     baseline_value: Tensor
     baseline_ready: Tensor
+    _grid: Tensor
 
     def __init__(
         self,
@@ -45,6 +48,7 @@ class PolicyTimestep(TimestepSampler):
         entropy_end_epoch: int = 100,
         policy_channels: int = 32,
         head_hidden: int | None = None,
+        grid: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.reward = self._default_reward(reward, num_classes, head_hidden)
@@ -53,6 +57,8 @@ class PolicyTimestep(TimestepSampler):
         self.entropy_weight = entropy_weight
         self.entropy_end_epoch = max(1, entropy_end_epoch)
         self.policy_channels = policy_channels
+        self.grid = grid
+        self.register_buffer("_grid", torch.tensor(grid or [0], dtype=torch.long), persistent=False)
         self.register_buffer("baseline_value", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
         self.policy: nn.Module | None = None
@@ -79,7 +85,8 @@ class PolicyTimestep(TimestepSampler):
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         super().build(num_train_timesteps, feature_channels, image_channels)
         width = self.policy_channels
-        last = nn.Linear(2 * width, num_train_timesteps)
+        self._check_grid(self.grid)
+        last = nn.Linear(2 * width, len(self.grid) if self.grid else num_train_timesteps)
         # A zero last layer starts the policy at the uniform distribution over all T timesteps.
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -97,7 +104,8 @@ class PolicyTimestep(TimestepSampler):
         self.reward.build(feature_channels)
 
     def summary(self) -> str:
-        return f"PolicyTimestep(reward={type(self.reward).__name__}, baseline={self.baseline})"
+        grid = f", grid={self.grid}" if self.grid else ""
+        return f"PolicyTimestep(reward={type(self.reward).__name__}, baseline={self.baseline}{grid})"
 
     @property
     def current_entropy_weight(self) -> float:
@@ -112,8 +120,12 @@ class PolicyTimestep(TimestepSampler):
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         dist = self.distribution(images)
-        t = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
-        return TimestepDraw(t, log_prob=dist.log_prob(t), entropy=dist.entropy())
+        action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
+        t = self._grid[action] if self.grid else action
+        return TimestepDraw(t, log_prob=dist.log_prob(action), entropy=dist.entropy())
+
+    def support(self) -> list[int]:
+        return list(self.grid) if self.grid else list(range(self.num_train_timesteps))
 
     def advantage(self, reward: Tensor) -> Tensor:
         """Reward minus the chosen baseline; updates the moving average for ``"ema"``."""

@@ -32,28 +32,42 @@ class FixedTimestep(TimestepSampler):
     def summary(self) -> str:
         return f"FixedTimestep(t={self.t})"
 
+    def support(self) -> list[int]:
+        return [self.t]
+
 
 class UniformTimestep(TimestepSampler):
-    """t drawn uniformly from ``[0, max_t)`` for each image.
+    """t drawn uniformly from ``[0, max_t)``, or from the points of ``grid``, for each image.
 
     Args:
         max_t: Exclusive upper bound, at most T.
+        grid: Draw among these timesteps instead (a teacher-target cache's grid; works live too).
     """
 
-    def __init__(self, max_t: int = 50) -> None:
+    _grid: Tensor
+
+    def __init__(self, max_t: int = 50, grid: list[int] | None = None) -> None:
         super().__init__()
-        self.max_t = max_t
+        self.max_t, self.grid = max_t, grid
+        self.register_buffer("_grid", torch.tensor(grid or [0], dtype=torch.long), persistent=False)
 
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         super().build(num_train_timesteps, feature_channels, image_channels)
-        if not 0 < self.max_t <= num_train_timesteps:
+        self._check_grid(self.grid)
+        if self.grid is None and not 0 < self.max_t <= num_train_timesteps:
             raise ValueError(f"UniformTimestep.max_t={self.max_t} must be in 1..{num_train_timesteps}")
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
-        return self._uniform(images, self.max_t, generator)
+        if self.grid is None:
+            return self._uniform(images, self.max_t, generator)
+        index = self._uniform(images, len(self.grid), generator).timesteps
+        return TimestepDraw(self._grid[index])
 
     def summary(self) -> str:
-        return f"UniformTimestep(max_t={self.max_t})"
+        return f"UniformTimestep(grid={self.grid})" if self.grid else f"UniformTimestep(max_t={self.max_t})"
+
+    def support(self) -> list[int]:
+        return list(self.grid) if self.grid else list(range(self.max_t))
 
 
 class LinearDecayTimestep(TimestepSampler):
@@ -89,3 +103,6 @@ class LinearDecayTimestep(TimestepSampler):
 
     def draw(self, images: Tensor, generator: torch.Generator | None = None) -> TimestepDraw:
         return self._uniform(images, self.max_t, generator)
+
+    def support(self) -> list[int]:
+        return list(range(max(self.start, self.end)))
