@@ -140,14 +140,12 @@ class TargetStore:
             for target, array in arrays.items():
                 path = self.shard_path(split, target, shard)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_name(path.stem + ".partial.npy")
+                temporary = partial_path(path)
                 np.save(temporary, array)
                 written.append((temporary, path))
         except OSError as err:
             for target in arrays:  # every partial file of the shard, the one being written included
-                self.shard_path(split, target, shard).with_name(f"{shard:05d}.partial.npy").unlink(
-                    missing_ok=True
-                )
+                partial_path(self.shard_path(split, target, shard)).unlink(missing_ok=True)
             if err.errno != errno.ENOSPC:
                 raise
             need = sum(a.nbytes for a in arrays.values()) / 2**20
@@ -159,6 +157,11 @@ class TargetStore:
             ) from err
         for temporary, path in written:
             os.replace(temporary, path)
+
+
+def partial_path(path: Path) -> Path:
+    """Where a shard file is written before it is whole (then renamed to ``path``)."""
+    return path.with_name(path.stem + ".partial.npy")
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

@@ -138,11 +138,10 @@ def target_shapes(
         targets = module.teacher_targets(
             image, torch.tensor([t_grid[0]], device=device), _labels(labels, [0], device)
         )
-    stored = stored_targets(targets, not module.feature_loss.dense)
-    dense = module.feature_loss.dense
+    pooled = not module.feature_loss.dense
     return {
-        name: {"shape": list(value.shape[1:]), "dtype": "float16" if dense and name != "head" else "float32"}
-        for name, value in stored.items()
+        name: {"shape": list(value.shape[1:]), "dtype": "float32" if pooled or name == "head" else "float16"}
+        for name, value in stored_targets(targets, pooled).items()
     }
 
 
@@ -168,7 +167,7 @@ def shard_targets(
     labels = labels_of(split)
     for view in range(views):
         for start in range(0, len(rows), size):
-            indices = list(rows)[start : start + size]
+            indices = list(rows[start : start + size])
             images = torch.stack([render_view(split, i, view, spec) for i in indices]).to(device)
             for g, t in enumerate(grid):
                 timesteps = torch.full((len(indices),), t, dtype=torch.long, device=device)

@@ -64,4 +64,4 @@ def stored_targets(targets: dict[str, Tensor], pooled: bool) -> dict[str, Tensor
     kept = {
         name: global_pool(value) if pooled else value for name, value in targets.items() if name != "head"
     }
-    return {**kept, "head": targets["head"].float().mean(dim=(2, 3))}  # what every reward pools to
+    return {**kept, "head": global_pool(targets["head"].float())}  # what every reward pools to

@@ -100,9 +100,9 @@ class RepFusionDistillation(LightningModule):
                 f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}"
             )
         self.projectors = build_projectors(teacher, student, self.feature_loss)
+        self.target_names = pair_names(teacher, student)  # each pair's loss term and cached target
         if isinstance(teacher, CachedTeacher):
-            pairs = pair_names(teacher, student)
-            check_cached_run(teacher, self.sampler, self.feature_loss, pairs, self.head_layer)
+            check_cached_run(teacher, self.sampler, self.feature_loss, self.target_names, self.head_layer)
         head_channels = teacher.feature_shapes[self.head_layer][0]
         self.sampler.build(teacher.num_train_timesteps, head_channels, teacher.in_channels)
         self.channels_last = channels_last
@@ -138,7 +138,7 @@ class RepFusionDistillation(LightningModule):
         images = images.contiguous(memory_format=self.memory_format)
         targets = self.teacher_targets(images, timesteps, labels, cached)
         student_feats = self.student(images)
-        pairs = zip(self.projectors, self.student.taps, pair_names(self.teacher, self.student), strict=True)
+        pairs = zip(self.projectors, self.student.taps, self.target_names, strict=True)
         losses = {name: self.feature_loss(p(student_feats[tap]), targets[name]) for p, tap, name in pairs}
         return losses, targets
 
@@ -161,7 +161,7 @@ class RepFusionDistillation(LightningModule):
                 )
             return self.teacher.select(cached, timesteps)
         features = self.teacher(images, timesteps, labels)
-        names = pair_names(self.teacher, self.student)
+        names = self.target_names
         if concatenates_teacher(self.teacher, self.student):
             targets = {names[0]: concat_maps([features[layer] for layer in self.teacher.layers])}
         else:

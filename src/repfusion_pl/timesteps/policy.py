@@ -87,7 +87,7 @@ class PolicyTimestep(TimestepSampler):
         width = self.policy_channels
         self._check_grid(self.grid)
         last = nn.Linear(2 * width, len(self.grid) if self.grid else num_train_timesteps)
-        # A zero last layer starts the policy at the uniform distribution over all T timesteps.
+        # A zero last layer starts the policy at the uniform distribution over its actions.
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.policy = nn.Sequential(
@@ -125,7 +125,7 @@ class PolicyTimestep(TimestepSampler):
         return TimestepDraw(t, log_prob=dist.log_prob(action), entropy=dist.entropy())
 
     def support(self) -> list[int]:
-        return list(self.grid) if self.grid else list(range(self.num_train_timesteps))
+        return list(self.grid) if self.grid else super().support()
 
     def advantage(self, reward: Tensor) -> Tensor:
         """Reward minus the chosen baseline; updates the moving average for ``"ema"``."""
