@@ -33,9 +33,16 @@ def split_batch(batch: Any, in_channels: int) -> tuple[Tensor, Tensor | None, di
 
 
 def check_cached_run(
-    teacher: CachedTeacher, sampler: TimestepSampler, loss: FeatureLoss, pairs: list[str], head_layer: str
+    teacher: CachedTeacher,
+    sampler: TimestepSampler,
+    loss: FeatureLoss,
+    pairs: list[str],
+    head_layer: str | None,
 ) -> None:
-    """Refuse a run the cache cannot serve: timesteps off its grid, other pairs, maps it did not keep."""
+    """Refuse a run the cache cannot serve: timesteps off its grid, other pairs, maps it did not keep.
+
+    ``head_layer`` is the layer the sampler's reward reads (``None`` when it reads the targets).
+    """
     if off := sorted(set(sampler.support()) - set(teacher.t_grid)):
         raise CacheError(
             f"{sampler.summary()} draws timesteps the cache in {teacher.cache} does not hold ({off[:8]}"
@@ -52,7 +59,7 @@ def check_cached_run(
             f"{type(loss).__name__} compares maps, but the cache in {teacher.cache} kept pooled vectors (it "
             "was built for a pooled loss); build it again with this loss in the config"
         )
-    if head_layer != teacher.head_layer:
+    if head_layer is not None and head_layer != teacher.head_layer:
         raise CacheError(
             f"the cache in {teacher.cache} holds the sampler's features of {teacher.head_layer!r}, not of "
             f"head_layer {head_layer!r}"

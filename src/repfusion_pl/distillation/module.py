@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+import repfusion_pl.optim as optim
 from repfusion_pl._version import __version__
 from repfusion_pl.checkpoints import PROVENANCE_KEY, RNG_KEY, check_resumable
 from repfusion_pl.distillation.cached_targets import check_cached_run, split_batch
@@ -18,16 +20,17 @@ from repfusion_pl.distillation.cadence import finite_check_interval, should_log_
 from repfusion_pl.distillation.capture import StepCapture
 from repfusion_pl.distillation.finite import NonFiniteWatch
 from repfusion_pl.distillation.losses import FeatureLoss, PooledMSELoss
-from repfusion_pl.distillation.projectors import (
-    build_projectors,
-    concat_maps,
-    concatenates_teacher,
-    pair_names,
-)
+from repfusion_pl.distillation.projectors import build_projectors, pair_names
 from repfusion_pl.distillation.rng import RandomStreams
+from repfusion_pl.distillation.targets import (
+    RewardReads,
+    check_reward_reads,
+    live_targets,
+    pooled_targets,
+    reward_channels,
+)
 from repfusion_pl.distillation.telemetry import TimestepTelemetry
 from repfusion_pl.hparams import drop_live_object_hparams
-from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.students import Student
 from repfusion_pl.teachers import CachedTeacher, Teacher
 from repfusion_pl.timesteps import TimestepDraw, TimestepSampler, UniformTimestep
@@ -48,14 +51,16 @@ class RepFusionDistillation(LightningModule):
         student: The backbone to train and its taps, paired with the teacher's in order.
         sampler: Timestep selection; default `UniformTimestep` over [0, 50).
         feature_loss: Distance between projected student and teacher features; default pooled MSE.
-        head_layer: Teacher layer whose pooled features feed a learned sampler's task head;
+        head_layer: Teacher layer whose pooled features feed a learned sampler's reward;
             default the first teacher layer.
+        reward_reads: What that reward reads: ``head_layer``, or ``targets`` (the pooled targets
+            the student distils, concatenated: the authors' choice).
         optimizer: Builds the optimiser from parameter groups (student + projectors, then the
             sampler); default SGD(lr=0.1, momentum=0.9, weight_decay=1e-4), the authors' choice.
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
         schedule: The scheduler's interval (``epoch`` or ``step``) and a linear warm-up.
         sampler_lr: Learning rate of the sampler's group (policy + task head); default the
-            optimiser's.
+            optimiser's. Refused for a sampler without parameters.
         channels_last: Keep student, teacher and images in channels-last memory format; default
             (``None``): on a CPU, where it is faster, and off on a GPU, where it measured slower
             (benchmarks/speed.py on an H200: 0.0220 s/step without, 0.0235 s with, bf16, batch 64).
@@ -74,9 +79,10 @@ class RepFusionDistillation(LightningModule):
         sampler: TimestepSampler | None = None,
         feature_loss: FeatureLoss | None = None,
         head_layer: str | None = None,
+        reward_reads: RewardReads = "head_layer",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        schedule: LRSchedule | None = None,
+        schedule: optim.LRSchedule | None = None,
         sampler_lr: float | None = None,
         channels_last: bool | None = None,
         finite_check_every: int | None = None,
@@ -92,19 +98,19 @@ class RepFusionDistillation(LightningModule):
         self.sampler = sampler if sampler is not None else UniformTimestep()
         self.feature_loss = feature_loss if feature_loss is not None else PooledMSELoss()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.schedule = schedule or LRSchedule()
+        self.schedule = schedule or optim.LRSchedule()
         self.sampler_lr = sampler_lr
-        self.head_layer = head_layer or teacher.layers[0]
-        if self.head_layer not in teacher.feature_shapes:
-            raise ValueError(
-                f"head_layer {self.head_layer!r} is not a teacher layer; choose from {teacher.layers}"
-            )
+        self.head_layer, self.reward_reads = head_layer or teacher.layers[0], reward_reads
+        check_reward_reads(reward_reads, self.head_layer, list(teacher.feature_shapes))
         self.projectors = build_projectors(teacher, student, self.feature_loss)
         self.target_names = pair_names(teacher, student)  # each pair's loss term and cached target
         if isinstance(teacher, CachedTeacher):
-            check_cached_run(teacher, self.sampler, self.feature_loss, self.target_names, self.head_layer)
-        head_channels = teacher.feature_shapes[self.head_layer][0]
-        self.sampler.build(teacher.num_train_timesteps, head_channels, teacher.in_channels)
+            head = self.head_layer if reward_reads == "head_layer" else None
+            check_cached_run(teacher, self.sampler, self.feature_loss, self.target_names, head)
+        self.sampler.set_noise_schedule(getattr(getattr(teacher, "scheduler", None), "alphas_cumprod", None))
+        reads = reward_channels(teacher, reward_reads, self.head_layer)
+        self.sampler.build(teacher.num_train_timesteps, reads, teacher.in_channels)
+        optim.check_sampler_lr(sampler_lr, self.sampler)
         self.channels_last = channels_last
         self.memory_format = torch.contiguous_format
         if channels_last:
@@ -115,6 +121,7 @@ class RepFusionDistillation(LightningModule):
         self.non_finite = NonFiniteWatch()
         self.capture = StepCapture(self.step_terms, compile_options) if compile_step else None
         self.rng = RandomStreams()
+        self._total_steps: int | None = None  # the run's optimiser steps, known once training starts
 
     def use_channels_last(self) -> None:
         """Every 4-D weight (student, projectors, policy), the teacher and the images, channels-last."""
@@ -152,21 +159,21 @@ class RepFusionDistillation(LightningModule):
         """What each pair's loss compares with, and ``head`` (what a learned sampler's reward reads).
 
         From a batch's cached targets when the teacher is a `CachedTeacher`, else from the teacher's
-        features: several layers into one student tap are concatenated (`concat_maps`).
+        features (`live_targets`); ``head`` is the head layer or, by ``reward_reads``, the targets.
         """
         if isinstance(self.teacher, CachedTeacher):
             if cached is None:
                 raise ValueError(
                     "a CachedTeacher's batches bring their targets: attach it to its data module"
                 )
-            return self.teacher.select(cached, timesteps)
-        features = self.teacher(images, timesteps, labels)
-        names = self.target_names
-        if concatenates_teacher(self.teacher, self.student):
-            targets = {names[0]: concat_maps([features[layer] for layer in self.teacher.layers])}
+            targets = self.teacher.select(cached, timesteps)
         else:
-            targets = {name: features[layer] for name, layer in zip(names, self.teacher.layers, strict=True)}
-        return {**targets, "head": features[self.head_layer]}
+            features = self.teacher(images, timesteps, labels)
+            targets = live_targets(self.teacher, self.student, self.target_names, features)
+            targets["head"] = features[self.head_layer]
+        if self.reward_reads == "targets":
+            targets["head"] = pooled_targets(targets, self.target_names)
+        return targets
 
     def training_losses(
         self, images: Tensor, labels: Tensor | None, cached: dict[str, Tensor] | None = None
@@ -250,6 +257,9 @@ class RepFusionDistillation(LightningModule):
     def on_train_epoch_start(self) -> None:
         self.sampler.set_epoch(self.current_epoch)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.sampler.set_progress(self.global_step, self._total_steps)
+
     def provenance(self) -> dict[str, Any]:
         """What produced these weights: downstream loading and resuming check it."""
         return {
@@ -275,26 +285,14 @@ class RepFusionDistillation(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Student + projectors first; the learned sampler (policy, task head) second, if any."""
         student = [*self.student.parameters(), *self.projectors.parameters()]
-        groups: list[dict[str, Any]] = [
-            {"name": "student", "params": [p for p in student if p.requires_grad]}
-        ]
-        sampler = [p for p in self.sampler.parameters() if p.requires_grad]
-        if sampler:
-            groups.append({"name": "sampler", "params": sampler})
-            if self.sampler_lr is not None:
-                groups[-1]["lr"] = self.sampler_lr
-        return groups
+        return optim.learner_groups(student, self.sampler, self.sampler_lr)
 
     def on_train_start(self) -> None:
         # Here, once the training data is set up: asking for the run's length any earlier would set
         # it up before a resume restores the random streams.
-        check_warmup_fits(self.schedule, self.trainer)
+        self._total_steps = optim.check_warmup_fits(self.schedule, self.trainer)
 
     def configure_optimizers(self) -> Any:
-        def authors_sgd(groups: Any) -> torch.optim.Optimizer:
-            # One fused kernel per step on a GPU instead of a loop of small ones.
-            fused = self.device.type == "cuda"
-            return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fused or None)
-
+        default = partial(optim.authors_sgd, fused=self.device.type == "cuda")
         groups, factories = self.parameter_groups(), (self.optimizer_factory, self.lr_scheduler_factory)
-        return build_optimization(groups, *factories, authors_sgd, self.schedule)
+        return optim.build_optimization(groups, *factories, default, self.schedule)

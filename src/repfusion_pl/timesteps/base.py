@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from repfusion_pl.timesteps.actions import check_timestep_grid
+
 
 @dataclass
 class TimestepDraw:
@@ -35,7 +37,9 @@ class TimestepSampler(nn.Module):
     Subclasses implement `draw`; learned ones also override `build` (to create parameters once the
     teacher is known) and `step_loss`. The current epoch is a buffer, so a schedule resumes from
     the checkpoint where it stopped; `current_epoch` is its host copy, which schedules read without
-    waiting for the device.
+    waiting for the device. `set_progress` gives the optimiser step and the run's length before each
+    training step (from the trainer, which restores its step on resume), for schedules that count
+    steps; `set_noise_schedule` gives the teacher's cumulative alphas before `build`, when known.
     """
 
     epoch: Tensor
@@ -45,6 +49,17 @@ class TimestepSampler(nn.Module):
         self.num_train_timesteps = 0
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.current_epoch = 0
+        self.current_step = 0
+        self.total_steps: int | None = None
+        self.alphas_cumprod: Tensor | None = None
+
+    def set_noise_schedule(self, alphas_cumprod: Tensor | None) -> None:
+        """The teacher's cumulative alphas per timestep (``None``: not known, e.g. a cached teacher)."""
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.detach().cpu()
+
+    def set_progress(self, step: int, total_steps: int | None) -> None:
+        """Record the optimiser step about to run and the run's total (``None``: unknown)."""
+        self.current_step, self.total_steps = int(step), total_steps
 
     def build(self, num_train_timesteps: int, feature_channels: int, image_channels: int) -> None:
         """Bind to a teacher: T timesteps, teacher feature channels and image channels."""
@@ -77,11 +92,7 @@ class TimestepSampler(nn.Module):
         return SamplerOutput()
 
     def _check_grid(self, grid: list[int] | None) -> None:
-        if grid is not None and (not grid or not all(0 <= t < self.num_train_timesteps for t in grid)):
-            last = self.num_train_timesteps - 1
-            raise ValueError(
-                f"{type(self).__name__}.grid={grid} must list timesteps in the teacher's 0..{last}"
-            )
+        check_timestep_grid(grid, self.num_train_timesteps, f"{type(self).__name__}.grid")
 
     def _uniform(self, images: Tensor, high: int, generator: torch.Generator | None) -> TimestepDraw:
         t = torch.randint(0, high, (images.shape[0],), device=images.device, generator=generator)
