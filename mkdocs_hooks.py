@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+#: Figures the manual shows, served from the benchmarks' results folder (not copied into docs/).
+RESULTS = Path(__file__).resolve().parent / "benchmarks" / "results"
+SHOWN = ("policy-landscape.png", "policy-settle.png", "policy-distill.png")
 
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 
@@ -22,3 +29,10 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
         _CODE_SPAN.sub(unescape, line) if line.lstrip().startswith("|") else line
         for line in markdown.split("\n")
     )
+
+
+def on_files(files: Files, config: Any, **kwargs: Any) -> Files:
+    """Serve the shown result figures as ``results/<name>`` pages' images (a missing one fails the build)."""
+    for name in SHOWN:
+        files.append(File.generated(config, f"results/{name}", abs_src_path=str(RESULTS / name)))
+    return files

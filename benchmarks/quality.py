@@ -117,7 +117,6 @@ def configs(profile: dict[str, Any], data: dict) -> tuple[dict, dict, list[Setti
             "trainer": {"max_epochs": epochs, "limit_val_batches": 0, **profile["trainer"]},
             "model": {
                 "init_args": {
-                    "sampler": {"init_args": {"entropy_end_epoch": max(1, epochs // 2)}},
                     "lr_scheduler": {"init_args": {"T_max": epochs}},
                     "feature_loss": {"class_path": profile["feature_loss"]},
                 }

@@ -17,6 +17,7 @@ Write your own by subclassing `TimestepReward` and implementing `forward`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +68,11 @@ class TimestepReward(nn.Module):
 
     Attributes:
         needs_labels: Whether `forward` uses the labels (a batch without them is then refused).
+        reads_timesteps: Whether `forward` takes the drawn ``timesteps`` too (as a keyword).
     """
 
     needs_labels: bool = False
+    reads_timesteps: bool = False
     _range_checked = False
 
     def build(self, feature_channels: int) -> None:
@@ -176,6 +179,12 @@ class LeastSquaresReward(TimestepReward):
         return RewardOutput(-residuals.detach(), logs={"lsq_residual": residuals.mean().detach()})
 
 
+def centred_per_timestep(embeddings: Tensor, timesteps: Tensor) -> Tensor:
+    """Each embedding minus the mean of the batch's embeddings drawn at the same timestep."""
+    same = (timesteps[:, None] == timesteps[None, :]).to(embeddings.dtype)
+    return embeddings - (same @ embeddings) / same.sum(dim=1, keepdim=True)
+
+
 def info_nce(embeddings: Tensor, temperature: float) -> Tensor:
     """Per-image InfoNCE of L2-normalised embeddings against the batch, each image its own class."""
     z = F.normalize(embeddings, dim=1)
@@ -190,26 +199,49 @@ class ContrastiveReward(TimestepReward):
     ``infonce``; ``projection_dim: null`` keeps the features as they are, as the authors did) and
     are compared by cosine similarity: a timestep scores well when the images are told apart.
 
+    With one timestep per image, features at a timestep the rest of the batch did not draw carry
+    that timestep's signature and are told apart for it: an image at a minority timestep scored
+    -0.04 where the same images all at one timestep scored -0.12 to -0.39 (``docs/policy.md``), so
+    the policy is paid for disagreeing and never settles. ``centre: timestep`` subtracts from each
+    embedding the mean of those drawn at the same timestep, which removes the signature.
+
     Args:
         projection_dim: Width of a learned linear projection; ``None`` for none.
         temperature: Softmax temperature of the InfoNCE (the authors: 0.1).
+        centre: ``"timestep"``: centre the embeddings per drawn timestep (default); ``"none"``:
+            compare them as they are (the authors' reward, with one timestep for the whole batch).
     """
 
-    def __init__(self, projection_dim: int | None = 128, temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        projection_dim: int | None = 128,
+        temperature: float = 0.1,
+        centre: Literal["timestep", "none"] = "timestep",
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"ContrastiveReward.temperature must be positive, got {temperature}")
-        self.projection_dim, self.temperature = projection_dim, temperature
+        if centre not in ("timestep", "none"):
+            raise ValueError(f"ContrastiveReward.centre must be 'timestep' or 'none', got {centre!r}")
+        self.projection_dim, self.temperature, self.centre = projection_dim, temperature, centre
+        self.reads_timesteps = centre == "timestep"
         self.projection: nn.Module = nn.Identity()
 
     def build(self, feature_channels: int) -> None:
         if self.projection_dim is not None:
             self.projection = nn.Linear(feature_channels, self.projection_dim)
 
-    def forward(self, features: Tensor, labels: Tensor | None) -> RewardOutput:
+    def forward(
+        self, features: Tensor, labels: Tensor | None, timesteps: Tensor | None = None
+    ) -> RewardOutput:
         if len(features) < 2:
             raise ValueError("ContrastiveReward compares images within a batch: use batches of 2 or more")
-        loss = info_nce(self.projection(pooled(features)), self.temperature)
+        embeddings = self.projection(pooled(features))
+        if self.centre == "timestep":
+            # Without timesteps (a batch scored at one t), the whole batch is one group.
+            same_t = timesteps if timesteps is not None else features.new_zeros(len(features))
+            embeddings = centred_per_timestep(embeddings, same_t)
+        loss = info_nce(embeddings, self.temperature)
         learned = any(True for _ in self.projection.parameters())
         terms = {"infonce": loss.mean()} if learned else {}
         return RewardOutput(-loss.detach(), losses=terms, logs={"infonce_mean": loss.mean().detach()})
