@@ -124,6 +124,26 @@ def run_setup(name: str, fit_args: list[str]) -> dict[str, Any]:
     return record
 
 
+def markdown(results: dict) -> str:
+    """One row per setup: where the policy settled, the feature losses and the monitor's probes."""
+    lines = [
+        "| setup | settled on | share there (last epoch) | probe's top region | feature loss, policy "
+        "| at fixed t | ratio | monitor: policy / fixed t / random |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["setups"].items():
+        top = r["probe"]["top_region"] if "probe" in r else "–"
+        probes = [r["policy_monitor"].get("probe/student"), r["fixed_monitor"].get("probe/student")]
+        probes.append(r["policy_monitor"].get("probe/random"))
+        shown = " / ".join("–" if p is None else f"{p:.3f}" for p in probes)
+        lines.append(
+            f"| {name} | t = {r['settled_t']} | {r['settled_share']:.0%} | {top} "
+            f"| {r['policy_feature_loss']:.4f} | {r['fixed_feature_loss']:.4f} | {r['loss_ratio']:.2f} "
+            f"| {shown} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def figure(results: dict, path: Path) -> None:
     """The policy's share of draws per grid point in each epoch, one panel per setup."""
     setups = results["setups"]
@@ -149,7 +169,9 @@ def main() -> None:
     )
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["digits", "fashion"])
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--fit-args", action="extend", nargs="+", default=[], help="more `repfusion fit` arguments, for both")
+    parser.add_argument(
+        "--fit-args", action="extend", nargs="+", default=[], help="more `repfusion fit` arguments, for both"
+    )
     args = parser.parse_args()
     path = args.results_dir / "policy-distill.json"
     results = json.loads(path.read_text()) if path.is_file() else {"name": "policy-distill", "setups": {}}
@@ -158,6 +180,7 @@ def main() -> None:
         print(name, json.dumps({k: v for k, v in results["setups"][name].items() if k != "share_per_epoch"}))
     results["environment"] = environment()
     path.write_text(json.dumps(results, indent=1))
+    path.with_suffix(".md").write_text(markdown(results))
     figure(results, args.results_dir / "policy-distill.png")
 
 

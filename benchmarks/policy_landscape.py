@@ -114,6 +114,7 @@ def main() -> None:
             setup.teacher = args.teacher
         if args.dry_run:
             setup.num_train, setup.num_held_out, args.steps, args.batch = 32, 32, 5, 16
+            setup.grid = [0, 500, 999]
         cache = cached_features(setup, args.root, args.cache_dir)
         results["setups"][name] = {read: {} for read in reads_of(cache)}
         for read in reads_of(cache):

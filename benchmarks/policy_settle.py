@@ -43,7 +43,7 @@ SETTINGS = [
     PolicySetting("grid 10, normalised, Adam 1e-3", SHIPPED, optimizer="adam"),
     PolicySetting("grid 10, normalised, reads targets", SHIPPED, read="targets"),
 ]  # fmt: skip
-REWARDS = ["task head", "contrastive", "contrastive, uncentred", "least squares"]
+REWARDS = ["task head", "contrastive", "contrastive, whole batch", "least squares"]
 
 
 def summary(runs: list[dict], top_region: list[int]) -> dict:
@@ -82,21 +82,29 @@ def markdown(results: dict) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    """The share of the policy's mass where it concentrates, per update: one panel per setup and reward."""
-    panels = [(s, r) for s, by_reward in results["setups"].items() for r in by_reward]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (setup, reward) in zip(axes[0], panels, strict=False):
-        for i, (name, runs) in enumerate(results["setups"][setup][reward]["runs"].items()):
-            for j, run in enumerate(runs):
-                updates, _, shares = zip(*run["trace"], strict=False)
-                ax.plot(updates, shares, color=f"C{i}", alpha=0.6, label=name if j == 0 else None)
-        ax.axhline(0.8, color="k", linestyle=":")
-        ax.set_title(f"{setup} · {reward}", fontsize=9)
-        ax.set_xlabel("policy update")
-        ax.set_ylabel("share on 1-2 adjacent grid points")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    """The share of the policy's mass where it concentrates, per update: rows setups, columns rewards."""
+    setups = list(results["setups"])
+    rewards = list(dict.fromkeys(r for s in setups for r in results["setups"][s]))
+    fig, axes = plt.subplots(
+        len(setups), len(rewards), figsize=(4.2 * len(rewards), 3.4 * len(setups)), squeeze=False
+    )
+    for row, setup in enumerate(setups):
+        for col, reward in enumerate(rewards):
+            ax = axes[row][col]
+            block = results["setups"][setup].get(reward, {"runs": {}})
+            for i, (name, runs) in enumerate(block["runs"].items()):
+                for j, run in enumerate(runs):
+                    updates, _, shares = zip(*run["trace"], strict=False)
+                    ax.plot(updates, shares, color=f"C{i}", alpha=0.6, lw=0.8, label=name if j == 0 else None)
+            ax.axhline(0.8, color="k", linestyle=":")
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{setup} · {reward}", fontsize=9)
+            ax.set_xlabel("policy update")
+            ax.set_ylabel("share on 1-2 adjacent points")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -120,7 +128,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.dry_run:
-        args.seeds, args.updates, args.paper_updates, args.batch = [0, 1], 20, 20, 16
+        args.seeds, args.updates, args.paper_updates, args.batch = [0, 1], 10, 10, 16
     stem = "policy-settle" + ("-dry-run" if args.dry_run else "")
     landscape_file = args.results_dir / ("policy-landscape" + ("-dry-run" if args.dry_run else "") + ".json")
     if not landscape_file.is_file():
@@ -144,7 +152,7 @@ def main() -> None:
         if args.teacher:
             setup.teacher = args.teacher
         if args.dry_run:
-            setup.num_train, setup.num_held_out = 32, 32
+            setup.num_train, setup.num_held_out, setup.grid = 32, 32, [0, 500, 999]
         cache = cached_features(setup, args.root, args.cache_dir)
         for reward in args.rewards:
             block: dict = {"settings": {}, "runs": {}}

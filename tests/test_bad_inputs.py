@@ -23,7 +23,14 @@ import yaml
 from PIL import Image
 
 from conftest import distill_command
-from repfusion_pl import BackboneSpec, DiffusionTeacher, FixedTimestep, RepFusionDistillation, Student
+from repfusion_pl import (
+    BackboneSpec,
+    DiffusionTeacher,
+    FixedTimestep,
+    PolicyTimestep,
+    RepFusionDistillation,
+    Student,
+)
 from repfusion_pl.cli import main
 from repfusion_pl.data import ImageFolderDataModule
 from repfusion_pl.distillation.losses import DenseMSELoss
@@ -118,6 +125,27 @@ def student_channels_differ_from_teacher(env: Env) -> None:
     RepFusionDistillation(
         DiffusionTeacher(str(env.teacher)), Student("resnet18", in_channels=3), FixedTimestep(0)
     )
+
+
+def policy(env: Env, sampler: PolicyTimestep, **module_options) -> None:
+    teacher = DiffusionTeacher(str(env.teacher), layers=["mid_block.resnets.1.conv2"])
+    RepFusionDistillation(teacher, Student("resnet18", in_channels=1), sampler, **module_options)
+
+
+def entropy_schedule_outside_the_run(env: Env) -> None:
+    policy(env, PolicyTimestep(num_classes=3, entropy_end=1.5))
+
+
+def unsorted_policy_grid(env: Env) -> None:
+    policy(env, PolicyTimestep(num_classes=3, grid=[100, 0, 50]))
+
+
+def reward_layer_not_tapped(env: Env) -> None:
+    policy(env, PolicyTimestep(num_classes=3), head_layer="up_blocks.0.resnets.0")
+
+
+def sampler_lr_for_a_fixed_timestep(env: Env) -> None:
+    policy(env, FixedTimestep(0), sampler_lr=0.01)
 
 
 def dataset_folder_missing(env: Env) -> None:
@@ -426,6 +454,30 @@ CASES = [
         a_layer_that_returns_a_tuple,
         r"'up_blocks\.1\.attentions\.0' returns \w+, not a tensor",
         r"the nearest: \['up_blocks\.1', 'up_blocks\.1\.resnets\.0'",
+    ),
+    (
+        "an entropy schedule beyond the run",
+        entropy_schedule_outside_the_run,
+        r"PolicyTimestep\.entropy_end=1\.5 is a fraction of the run",
+        r"give a value in \(0, 1\]",
+    ),
+    (
+        "a policy grid out of order",
+        unsorted_policy_grid,
+        r"PolicyTimestep\.grid=\[100, 0, 50\] is not sorted",
+        r"list distinct timesteps in increasing order within the teacher's 0\.\.999",
+    ),
+    (
+        "a reward layer the teacher does not tap",
+        reward_layer_not_tapped,
+        r"head_layer 'up_blocks\.0\.resnets\.0' is not a teacher layer",
+        r"choose from \['mid_block\.resnets\.1\.conv2'\].*add it to the teacher's layers",
+    ),
+    (
+        "a policy learning rate for a sampler that learns nothing",
+        sampler_lr_for_a_fixed_timestep,
+        r"sampler_lr=0\.01 is for a learned sampler, but FixedTimestep\(t=0\) learns nothing",
+        r"leave sampler_lr out, or use PolicyTimestep",
     ),
     (
         "pickle that runs code",

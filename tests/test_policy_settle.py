@@ -1,8 +1,9 @@
 """The timestep policy in the regime real runs are in: a flat-topped, noisy reward and ~250 updates.
 
 The landscape is the one measured on the shipped Fashion teacher (benchmarks/results/
-policy-landscape.json, task-head reward reading the head layer): the top within a few hundredths
-over t in [0, 600], lower at 800 and 999, a per-image spread of 1.4. The rewards here are that
+policy-landscape.json, task-head reward reading the head layer): a top region of t = 50-200 within
+0.04 of each other, t = 0 and t = 300-600 0.04-0.17 lower, 800 and 999 far below, and a per-image
+spread of 1.4 (measured: 1.1-1.5). The rewards here are that
 table plus noise, so the real `PolicyTimestep` (draw, advantage, REINFORCE, entropy schedule) runs on
 the real optimiser in seconds.
 """
@@ -22,8 +23,8 @@ from repfusion_pl.timesteps.actions import (
 from repfusion_pl.timesteps.rewards import RewardOutput, TimestepReward
 
 GRID = [0, 50, 100, 200, 300, 400, 500, 600, 800, 999]
-MEANS = torch.tensor([-0.66, -0.62, -0.61, -0.62, -0.64, -0.66, -0.68, -0.70, -0.81, -0.86])
-TOP = set(range(8))  # t in [0, 600]
+MEANS = torch.tensor([-0.802, -0.714, -0.690, -0.677, -0.720, -0.762, -0.778, -0.844, -1.044, -1.205])
+TOP = {1, 2, 3}  # t in {50, 100, 200}: within two paired standard errors of the best
 SHIPPED = {"grid": GRID, "baseline": "batch_mean", "normalize_advantage": True}
 
 
@@ -40,13 +41,14 @@ class FlatTopReward(TimestepReward):
 
 
 def settle(seed: int, options: dict, updates: int = 250, batch: int = 64) -> tuple[int, float]:
-    """The study's budget with its optimiser (SGD 0.1, momentum 0.9); where the mass ends, its share."""
+    """The study's budget, optimiser and schedule (SGD 0.1, momentum 0.9, cosine); where the mass ends."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(256, 1, 8, 8, generator=generator)
     policy = PolicyTimestep(reward=FlatTopReward(1.4, generator), entropy_end=0.5, **options)
     policy.build(1000, 1, 1)
     optimiser = torch.optim.SGD(policy.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=updates)  # configs/distill.yaml's
     grid = torch.tensor(GRID)
     for step in range(updates):
         policy.set_progress(step, updates)
@@ -56,26 +58,29 @@ def settle(seed: int, options: dict, updates: int = 250, batch: int = 64) -> tup
         optimiser.zero_grad()
         torch.stack(list(out.losses.values())).sum().backward()
         optimiser.step()
+        schedule.step()
     with torch.no_grad():
         probs = policy.distribution(images).probs
     return settled(mass_on_grid(probs, policy.support(), GRID))
 
 
-def test_the_shipped_setting_settles_in_the_flat_top_within_the_studys_budget():
-    """Seeds 0-20, AVX-512 and ATEN_CPU_CAPABILITY=avx2: 20 of 21 settled in the top (one at 0.77
-    share); 5 seeds must give at least 4 (the target), a margin of every seed but one.
+def test_the_shipped_setting_settles_in_the_top_region_within_the_studys_budget():
+    """Seeds 0-20, with AVX-512 and with ATEN_CPU_CAPABILITY=avx2 (the same on both): the heaviest
+    point was in the top region in 21 of 21 runs; 17 of 21 settled (>= 0.8 on one point or two
+    adjacent ones; the others held 0.64-0.78 there), 7 of seeds 0-7. Asserted: all 8 in the top
+    region, at least 6 of 8 settled (a margin of one seed).
     """
-    runs = [settle(seed, SHIPPED) for seed in range(5)]
-    good = [share >= 0.8 and point in TOP for point, share in runs]
-    assert sum(good) >= 4, runs
+    runs = [settle(seed, SHIPPED) for seed in range(8)]
+    assert all(point in TOP for point, _ in runs), runs
+    assert sum(share >= 0.8 for _, share in runs) >= 6, runs
 
 
-def test_the_authors_setting_stays_near_uniform_at_that_budget():
-    """1,000 actions without a baseline: over seeds 0-20 on both kernel paths the largest share on
-    one or two adjacent grid points was at most 0.45; 0.8 is the settled bar.
+def test_the_authors_setting_rarely_settles_at_that_budget():
+    """1,000 actions without a baseline, seeds 0-7: settled in 0 runs with AVX-512 and in 1 with AVX2
+    (largest shares 0.79 and 0.82); over seeds 0-20, in 2 and 3. Asserted: at most 3 of 8.
     """
-    runs = [settle(seed, {"baseline": "none"}) for seed in range(3)]
-    assert all(share < 0.8 for _, share in runs), runs
+    runs = [settle(seed, {"baseline": "none"}) for seed in range(8)]
+    assert sum(share >= 0.8 for _, share in runs) <= 3, runs
 
 
 def test_log_snr_bins_follow_the_schedule_and_refuse_too_many():

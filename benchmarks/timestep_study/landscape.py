@@ -18,7 +18,7 @@ REWARDS = {
     "task head": lambda classes: TaskHeadReward(classes, 256),
     "least squares": lambda classes: LeastSquaresReward(classes),
     "contrastive": lambda classes: ContrastiveReward(128, 0.1),
-    "contrastive, uncentred": lambda classes: ContrastiveReward(128, 0.1, centre="none"),
+    "contrastive, whole batch": lambda classes: ContrastiveReward(128, 0.1, negatives=None),
 }
 
 

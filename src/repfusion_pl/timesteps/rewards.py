@@ -17,7 +17,6 @@ Write your own by subclassing `TimestepReward` and implementing `forward`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -179,12 +178,6 @@ class LeastSquaresReward(TimestepReward):
         return RewardOutput(-residuals.detach(), logs={"lsq_residual": residuals.mean().detach()})
 
 
-def centred_per_timestep(embeddings: Tensor, timesteps: Tensor) -> Tensor:
-    """Each embedding minus the mean of the batch's embeddings drawn at the same timestep."""
-    same = (timesteps[:, None] == timesteps[None, :]).to(embeddings.dtype)
-    return embeddings - (same @ embeddings) / same.sum(dim=1, keepdim=True)
-
-
 def info_nce(embeddings: Tensor, temperature: float) -> Tensor:
     """Per-image InfoNCE of L2-normalised embeddings against the batch, each image its own class."""
     z = F.normalize(embeddings, dim=1)
@@ -192,39 +185,62 @@ def info_nce(embeddings: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, torch.arange(len(z), device=z.device), reduction="none")
 
 
+def same_timestep_info_nce(
+    embeddings: Tensor, timesteps: Tensor, negatives: int, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Per-image InfoNCE against ``negatives`` other images of the batch drawn at the same timestep.
+
+    Each image takes the next ``negatives`` same-timestep images after it in the batch (cyclically:
+    batches are shuffled, and nothing random is drawn). Returns the losses ``(N,)`` and whether each
+    image had that many partners.
+    """
+    n = len(embeddings)
+    z = F.normalize(embeddings, dim=1)
+    index = torch.arange(n, device=z.device)
+    after = (index[None, :] - index[:, None]) % n  # how far image j comes after image i
+    partner = (timesteps[:, None] == timesteps[None, :]) & (after > 0)
+    distance = torch.where(partner, after, n + after)  # non-partners sort after every partner
+    nearest = distance.topk(negatives, dim=1, largest=False)
+    valid = nearest.values[:, -1] < n
+    similarity = z @ z.T / temperature
+    logits = torch.cat([similarity.diagonal()[:, None], similarity.gather(1, nearest.indices)], dim=1)
+    return torch.logsumexp(logits, dim=1) - logits[:, 0], valid
+
+
 class ContrastiveReward(TimestepReward):
-    """Label-free: minus each image's InfoNCE against the batch (the authors' "common" policy reward).
+    """Label-free: how well the teacher tells images apart at their timestep (the authors' "common" reward).
 
-    The pooled teacher features go through a projection (learned by the same InfoNCE, logged as
-    ``infonce``; ``projection_dim: null`` keeps the features as they are, as the authors did) and
-    are compared by cosine similarity: a timestep scores well when the images are told apart.
+    The pooled teacher features go through a projection (learned by the InfoNCE of the whole batch,
+    logged as ``infonce``; ``projection_dim: null`` keeps the features as they are, as the authors
+    did) and are compared by cosine similarity. An image's reward is minus its InfoNCE against
+    ``negatives`` other images drawn at the same timestep.
 
-    With one timestep per image, features at a timestep the rest of the batch did not draw carry
-    that timestep's signature and are told apart for it: an image at a minority timestep scored
-    -0.04 where the same images all at one timestep scored -0.12 to -0.39 (``docs/policy.md``), so
-    the policy is paid for disagreeing and never settles. ``centre: timestep`` subtracts from each
-    embedding the mean of those drawn at the same timestep, which removes the signature.
+    The authors compared each image with the whole batch. With one timestep per image, that pays
+    the policy for disagreeing: an image at a timestep the rest of the batch did not draw is told
+    apart by the timestep's signature alone, and scored higher than the same images all at that
+    timestep (``docs/policy.md``, measured), so the policy never settles. Against images at its own
+    timestep, and always the same number of them, an image gains nothing by standing apart. Images
+    with fewer same-timestep partners get the mean reward of the rest (no signal).
 
     Args:
         projection_dim: Width of a learned linear projection; ``None`` for none.
         temperature: Softmax temperature of the InfoNCE (the authors: 0.1).
-        centre: ``"timestep"``: centre the embeddings per drawn timestep (default); ``"none"``:
-            compare them as they are (the authors' reward, with one timestep for the whole batch).
+        negatives: Same-timestep images each image is compared with; ``None``: the whole batch,
+            whatever their timesteps (the authors' reward).
     """
 
     def __init__(
-        self,
-        projection_dim: int | None = 128,
-        temperature: float = 0.1,
-        centre: Literal["timestep", "none"] = "timestep",
+        self, projection_dim: int | None = 128, temperature: float = 0.1, negatives: int | None = 4
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"ContrastiveReward.temperature must be positive, got {temperature}")
-        if centre not in ("timestep", "none"):
-            raise ValueError(f"ContrastiveReward.centre must be 'timestep' or 'none', got {centre!r}")
-        self.projection_dim, self.temperature, self.centre = projection_dim, temperature, centre
-        self.reads_timesteps = centre == "timestep"
+        if negatives is not None and negatives < 1:
+            raise ValueError(
+                f"ContrastiveReward.negatives must be at least 1 (null: the whole batch), got {negatives}"
+            )
+        self.projection_dim, self.temperature, self.negatives = projection_dim, temperature, negatives
+        self.reads_timesteps = negatives is not None
         self.projection: nn.Module = nn.Identity()
 
     def build(self, feature_channels: int) -> None:
@@ -234,14 +250,23 @@ class ContrastiveReward(TimestepReward):
     def forward(
         self, features: Tensor, labels: Tensor | None, timesteps: Tensor | None = None
     ) -> RewardOutput:
-        if len(features) < 2:
-            raise ValueError("ContrastiveReward compares images within a batch: use batches of 2 or more")
+        least = 2 if self.negatives is None else self.negatives + 1
+        if len(features) < least:
+            raise ValueError(
+                f"ContrastiveReward compares images within a batch: use batches of {least} or more "
+                "(or lower its negatives)"
+            )
         embeddings = self.projection(pooled(features))
-        if self.centre == "timestep":
-            # Without timesteps (a batch scored at one t), the whole batch is one group.
-            same_t = timesteps if timesteps is not None else features.new_zeros(len(features))
-            embeddings = centred_per_timestep(embeddings, same_t)
         loss = info_nce(embeddings, self.temperature)
         learned = any(True for _ in self.projection.parameters())
         terms = {"infonce": loss.mean()} if learned else {}
-        return RewardOutput(-loss.detach(), losses=terms, logs={"infonce_mean": loss.mean().detach()})
+        logs = {"infonce_mean": loss.mean().detach()}
+        if self.negatives is None:
+            return RewardOutput(-loss.detach(), losses=terms, logs=logs)
+        # Without timesteps (a batch scored at one t), every image is at the same timestep.
+        same_t = timesteps if timesteps is not None else features.new_zeros(len(features))
+        scored, valid = same_timestep_info_nce(embeddings.detach(), same_t, self.negatives, self.temperature)
+        # Without enough partners an image gets the others' mean: no push either way (read on the device).
+        fill = (scored * valid).sum() / valid.sum().clamp(min=1)
+        reward = -torch.where(valid, scored, fill)
+        return RewardOutput(reward, losses=terms, logs={**logs, "reward_partnered": valid.float().mean()})
