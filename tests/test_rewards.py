@@ -18,7 +18,7 @@ from repfusion_pl import (
     TimestepReward,
 )
 from repfusion_pl.timesteps.bandit import TimestepBanditEnv
-from repfusion_pl.timesteps.rewards import RewardOutput, info_nce
+from repfusion_pl.timesteps.rewards import RewardOutput, info_nce, same_timestep_info_nce
 
 
 def features_and_labels(n: int = 40, channels: int = 6, classes: int = 3):
@@ -80,14 +80,21 @@ def test_info_nce_equals_a_loop_over_images():
 
 def test_contrastive_reward_needs_no_labels_and_trains_only_its_projection():
     features, _ = features_and_labels()
-    learned = ContrastiveReward(projection_dim=4, temperature=0.1)
+    learned = ContrastiveReward(projection_dim=4, temperature=0.1, negatives=None)  # the whole batch
     learned.build(6)
     out = learned(features, None)
     expected = info_nce(learned.projection(features.mean(dim=(2, 3))), 0.1)
     torch.testing.assert_close(out.reward, -expected.detach())
+    # Same-timestep negatives: without timesteps the batch is one timestep, each image against the next 4.
+    same = ContrastiveReward(projection_dim=4, temperature=0.1)
+    same.build(6)
+    same.load_state_dict(learned.state_dict())
+    z = same.projection(features.mean(dim=(2, 3))).detach()
+    expected, _ = same_timestep_info_nce(z, torch.zeros(len(z)), 4, 0.1)
+    torch.testing.assert_close(same(features, None).reward, -expected)
     out.losses["infonce"].backward()
     assert learned.projection.weight.grad is not None
-    plain = ContrastiveReward(projection_dim=None)  # the authors' choice: the features as they are
+    plain = ContrastiveReward(projection_dim=None, negatives=None)  # the authors': the features as they are
     plain.build(6)
     out = plain(features, None)
     assert out.losses == {} and "infonce_mean" in out.logs
@@ -146,7 +153,8 @@ def distinguishable_near(t: torch.Tensor, signals: torch.Tensor, t_star: int, wi
 def test_contrastive_policy_finds_the_timestep_where_images_differ(baseline):
     torch.manual_seed(0)
     policy = PolicyTimestep(
-        reward=ContrastiveReward(projection_dim=None),
+        # 100 actions and 32 images: too few images per timestep for same-timestep negatives.
+        reward=ContrastiveReward(projection_dim=None, negatives=None),
         baseline=baseline,
         entropy_weight=0.01,
         entropy_end_epoch=1,
@@ -171,7 +179,7 @@ def test_every_reward_is_a_gymnasium_bandit(gray_teacher_dir):
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
     channels = teacher.feature_shapes[teacher.layers[0]][0]
-    for reward in (TaskHeadReward(3), LeastSquaresReward(3), ContrastiveReward(8)):
+    for reward in (TaskHeadReward(3), LeastSquaresReward(3), ContrastiveReward(8, negatives=2)):
         reward.build(channels)
         env = TimestepBanditEnv(
             teacher, reward, images, None if isinstance(reward, ContrastiveReward) else labels, 4

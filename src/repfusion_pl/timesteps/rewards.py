@@ -8,8 +8,8 @@ a projection) through the loss terms it returns; those see detached teacher feat
 * `LeastSquaresReward` (the authors' variant, needs labels, no parameters): minus each image's
   residual of a ridge fit of the batch's features onto its one-hot labels.
 * `ContrastiveReward` (the authors' "common" policy, no labels): minus each image's InfoNCE against
-  the rest of the batch, each image its own class: the timestep at which the images are most
-  distinguishable.
+  other images drawn at the same timestep (the authors': the whole batch), each image its own
+  class: the timestep at which the images are most distinguishable.
 
 Write your own by subclassing `TimestepReward` and implementing `forward`.
 """
