@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from study.report import environment  # noqa: E402
-from timestep_study.features import ROOT, SETUPS, cached_features  # noqa: E402
+from timestep_study.features import ROOT, cached_features, chosen_setup, setup_arguments  # noqa: E402
 from timestep_study.landscape import REWARDS, landscape, minority_reward  # noqa: E402
 
 
@@ -97,24 +97,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["fashion", "digits"])
-    parser.add_argument("--root", default=os.environ.get("FASHION"), help="Fashion-MNIST's folder")
-    parser.add_argument("--teacher", type=Path, help="another teacher folder for the (single) setup")
+    setup_arguments(parser)
     parser.add_argument("--steps", type=int, default=2000, help="training steps of each reward")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "artifacts" / "timestep-features")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--dry-run", action="store_true", help="a few images and steps")
     args = parser.parse_args()
+    if args.dry_run:
+        args.steps, args.batch = 5, 16
     results: dict = {"name": "policy-landscape", "steps": args.steps, "batch": args.batch, "setups": {}}
     started = time.perf_counter()
     for name in args.setups:
-        setup = SETUPS[name]
-        if args.teacher:
-            setup.teacher = args.teacher
-        if args.dry_run:
-            setup.num_train, setup.num_held_out, args.steps, args.batch = 32, 32, 5, 16
-            setup.grid = [0, 500, 999]
+        setup = chosen_setup(name, args)
         cache = cached_features(setup, args.root, args.cache_dir)
         results["setups"][name] = {read: {} for read in reads_of(cache)}
         for read in reads_of(cache):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from study.report import environment  # noqa: E402
-from timestep_study.features import ROOT, SETUPS, cached_features  # noqa: E402
+from timestep_study.features import cached_features, chosen_setup, setup_arguments  # noqa: E402
 from timestep_study.settle import PolicySetting, in_top, settle_run  # noqa: E402
 
 GRID = {"grid": [0, 50, 100, 200, 300, 400, 500, 600, 800, 999]}
@@ -112,17 +111,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["fashion", "digits"])
-    parser.add_argument("--root", default=os.environ.get("FASHION"), help="Fashion-MNIST's folder")
-    parser.add_argument("--teacher", type=Path, help="another teacher folder for the (single) setup")
+    setup_arguments(parser)
     parser.add_argument("--rewards", nargs="+", choices=REWARDS, default=REWARDS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--updates", type=int, default=250)
     parser.add_argument("--paper-updates", type=int, default=2000, help="0: skip the longer paper run")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "artifacts" / "timestep-features")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--dry-run", action="store_true", help="a few updates, two seeds")
     parser.add_argument(
         "--update", action="store_true", help="replace only these setups' and rewards' rows in the JSON"
     )
@@ -148,11 +142,7 @@ def main() -> None:
             raise SystemExit(f"--update keeps the updates, batch and seeds of {earlier}")
     started = time.perf_counter() - results.get("seconds", 0)
     for name in args.setups:
-        setup = SETUPS[name]
-        if args.teacher:
-            setup.teacher = args.teacher
-        if args.dry_run:
-            setup.num_train, setup.num_held_out, setup.grid = 32, 32, [0, 500, 999]
+        setup = chosen_setup(name, args)
         cache = cached_features(setup, args.root, args.cache_dir)
         for reward in args.rewards:
             block: dict = {"settings": {}, "runs": {}}

@@ -7,8 +7,8 @@ of:
 
 1. a student-only supervised step (forward + backward + SGD);
 2. the authors' approach: the full teacher forward in fp32 (decoder included) + the student step;
-3. our `RepFusionDistillation` step (policy, teacher, student, projector, SGD) with each speed
-   option on and off;
+3. our `RepFusionDistillation` step (configs/distill.yaml's policy, teacher, student, projector, SGD)
+   with each speed option on and off;
 4. the compute floor: the truncated teacher forward alone plus the student step alone, timed
    separately and added.
 
@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -111,7 +112,7 @@ class Rows:
         compile_all = module.pop("compile", False)
         student = Student("resnet18", stem="cifar", compile=compile_all)
         teacher_module = self.teacher(compile=compile_all, **(teacher or {}))
-        distiller = RepFusionDistillation(teacher_module, student, PolicyTimestep(10), **module)
+        distiller = RepFusionDistillation(teacher_module, student, shipped_policy(), **module)
         distiller.to(self.device).on_fit_start()
         distiller.log = lambda *a, **k: None  # type: ignore[method-assign]  # no Trainer attached
         optimiser = distiller.configure_optimizers()
@@ -201,6 +202,12 @@ def build_rows(rows: Rows, capture: str | None, compile_all: bool) -> dict[str, 
         built["3 ours, torch.compile student + teacher"] = rows.ours(compile=True)
     built["data: one in-memory batch (crop augment)"] = rows.data()
     return built
+
+
+def shipped_policy() -> PolicyTimestep:
+    """The policy as configs/distill.yaml ships it (its grid, baseline, normalised advantage)."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "distill.yaml").read_text())
+    return PolicyTimestep(**config["model"]["init_args"]["sampler"]["init_args"])
 
 
 def summarise(results: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -6,7 +6,9 @@ and timestep stand in for the teacher: the landscape and settle benchmarks run i
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -142,3 +144,23 @@ def cached_features(setup: Setup, root: str | None, cache_dir: Path) -> dict[str
     save_file(tensors, str(path))
     path.with_suffix(".json").write_text(json.dumps(key))
     return tensors
+
+
+def setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments the landscape and settle benchmarks share: which setups, data, teacher, folders."""
+    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["fashion", "digits"])
+    parser.add_argument("--root", default=os.environ.get("FASHION"), help="Fashion-MNIST's folder")
+    parser.add_argument("--teacher", type=Path, help="another teacher folder for the (single) setup")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "artifacts" / "timestep-features")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--dry-run", action="store_true", help="a few images, steps and seeds")
+
+
+def chosen_setup(name: str, args: argparse.Namespace) -> Setup:
+    """A setup with the command line's teacher and, for ``--dry-run``, 32 + 32 images at three timesteps."""
+    setup = SETUPS[name]
+    if args.teacher:
+        setup.teacher = args.teacher
+    if args.dry_run:
+        setup.num_train, setup.num_held_out, setup.grid = 32, 32, [0, 500, 999]
+    return setup
