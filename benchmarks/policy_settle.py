@@ -76,7 +76,10 @@ def markdown(results: dict) -> str:
     if results.get("paper_budget"):
         lines += ["", "## The authors' setting with a longer budget", ""]
         for key, row in results["paper_budget"].items():
-            lines.append(f"- {key}: settled {row['settled']}/{row['seeds']}, shares {row['share']}")
+            lines.append(
+                f"- {key}: settled {row['settled']}/{row['seeds']}, in the top region {row['in_top']}/"
+                f"{row['seeds']}, after {row['median_updates']} updates (median), on t = {row['t']}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +123,12 @@ def main() -> None:
     parser.add_argument(
         "--update", action="store_true", help="replace only these setups' and rewards' rows in the JSON"
     )
+    parser.add_argument("--report", action="store_true", help="rewrite the table and figure from the JSON")
     args = parser.parse_args()
+    if args.report:
+        stem = "policy-settle" + ("-dry-run" if args.dry_run else "")
+        write_report(json.loads((args.results_dir / f"{stem}.json").read_text()), args.results_dir, stem)
+        return
     if args.dry_run:
         args.seeds, args.updates, args.paper_updates, args.batch = [0, 1], 10, 10, 16
     stem = "policy-settle" + ("-dry-run" if args.dry_run else "")
@@ -169,8 +177,13 @@ def main() -> None:
     results["environment"] = environment()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (args.results_dir / f"{stem}.md").write_text(markdown(results))
-    figure(results, args.results_dir / f"{stem}.png")
+    write_report(results, args.results_dir, stem)
+
+
+def write_report(results: dict, folder: Path, stem: str) -> None:
+    """The table (``.md``, also printed) and the figure (``.png``) of a settle run's results."""
+    (folder / f"{stem}.md").write_text(markdown(results))
+    figure(results, folder / f"{stem}.png")
     print(markdown(results))
 
 
