@@ -124,20 +124,21 @@ def run_setup(name: str, fit_args: list[str]) -> dict[str, Any]:
     return record
 
 
-def markdown(results: dict) -> str:
-    """One row per setup: where the policy settled, the feature losses and the monitor's probes."""
+def markdown(results: dict, landscape: dict) -> str:
+    """One row per setup: where the policy settled, the top regions, feature losses, monitor probes."""
     lines = [
-        "| setup | settled on | share there (last epoch) | probe's top region | feature loss, policy "
-        "| at fixed t | ratio | monitor: policy / fixed t / random |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setup | settled on | share there (last epoch) | task head's top region | probe's top region "
+        "| feature loss, policy | at fixed t | ratio | monitor: policy / fixed t / random |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["setups"].items():
         top = r["probe"]["top_region"] if "probe" in r else "–"
+        reward_top = landscape.get(name, {}).get("head", {}).get("task head", {}).get("top_region", "–")
         probes = [r["policy_monitor"].get("probe/student"), r["fixed_monitor"].get("probe/student")]
         probes.append(r["policy_monitor"].get("probe/random"))
         shown = " / ".join("–" if p is None else f"{p:.3f}" for p in probes)
         lines.append(
-            f"| {name} | t = {r['settled_t']} | {r['settled_share']:.0%} | {top} "
+            f"| {name} | t = {r['settled_t']} | {r['settled_share']:.1%} | {reward_top} | {top} "
             f"| {r['policy_feature_loss']:.4f} | {r['fixed_feature_loss']:.4f} | {r['loss_ratio']:.2f} "
             f"| {shown} |"
         )
@@ -155,7 +156,7 @@ def figure(results: dict, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("timestep")
         ax.set_title(
-            f"{name}: settled on t={record['settled_t']} ({record['settled_share']:.0%})", fontsize=9
+            f"{name}: settled on t={record['settled_t']} ({record['settled_share']:.1%})", fontsize=9
         )
         fig.colorbar(image, ax=ax, label="share of draws")
     fig.tight_layout()
@@ -169,18 +170,22 @@ def main() -> None:
     )
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["digits", "fashion"])
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--report", action="store_true", help="rewrite the table and figure from the JSON")
     parser.add_argument(
         "--fit-args", action="extend", nargs="+", default=[], help="more `repfusion fit` arguments, for both"
     )
     args = parser.parse_args()
     path = args.results_dir / "policy-distill.json"
     results = json.loads(path.read_text()) if path.is_file() else {"name": "policy-distill", "setups": {}}
-    for name in args.setups:
+    for name in [] if args.report else args.setups:
         results["setups"][name] = run_setup(name, args.fit_args)
         print(name, json.dumps({k: v for k, v in results["setups"][name].items() if k != "share_per_epoch"}))
-    results["environment"] = environment()
+    if not args.report:
+        results["environment"] = environment()
     path.write_text(json.dumps(results, indent=1))
-    path.with_suffix(".md").write_text(markdown(results))
+    landscape_file = args.results_dir / "policy-landscape.json"
+    landscape = json.loads(landscape_file.read_text())["setups"] if landscape_file.is_file() else {}
+    path.with_suffix(".md").write_text(markdown(results, landscape))
     figure(results, args.results_dir / "policy-distill.png")
 
 
