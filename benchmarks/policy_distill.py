@@ -114,7 +114,6 @@ def run_setup(name: str, fit_args: list[str]) -> dict[str, Any]:
             f"--trainer.default_root_dir=artifacts/policy-distill/{name}-fixed",
             "--model.init_args.sampler=repfusion_pl.FixedTimestep",
             f"--model.init_args.sampler.t={record['settled_t']}",
-            "--model.init_args.sampler_lr=null",
             *fit_args,
         ],
     )

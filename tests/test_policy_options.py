@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import quiet_trainer
-from repfusion_pl import ContrastiveReward, PolicyTimestep
+from repfusion_pl import ContrastiveReward, FixedTimestep, PolicyTimestep
 from repfusion_pl.timesteps.rewards import same_timestep_info_nce
 from test_distill import make_module, tiny_loader
 
@@ -84,3 +84,11 @@ def test_contrastive_negatives_are_checked():
         ContrastiveReward(negatives=0)
     with pytest.raises(ValueError, match="batches of 5 or more"):
         ContrastiveReward(projection_dim=None, negatives=4)(torch.randn(4, 8), None)
+
+
+def test_the_policys_own_learning_rate_goes_to_its_group_and_leaves_with_it(gray_teacher_dir):
+    module = make_module(gray_teacher_dir, sampler=PolicyTimestep(num_classes=3, lr=0.05))
+    student, sampler = module.parameter_groups()
+    assert sampler["lr"] == 0.05 and "lr" not in student
+    fixed = make_module(gray_teacher_dir, sampler=FixedTimestep(0))  # a swapped sampler takes no rate along
+    assert [group["name"] for group in fixed.parameter_groups()] == ["student"]

@@ -123,11 +123,15 @@ def check_sampler_lr(sampler_lr: float | None, sampler: nn.Module) -> None:
 def learner_groups(
     student: Iterable[nn.Parameter], sampler: nn.Module, sampler_lr: float | None
 ) -> list[dict[str, Any]]:
-    """Parameter groups: the student's first, a learned sampler's (with ``sampler_lr``) second, if any."""
+    """Parameter groups: the student's first, a learned sampler's second, if any.
+
+    The sampler's group takes the sampler's own ``lr`` when it has one, else ``sampler_lr``.
+    """
     groups: list[dict[str, Any]] = [{"name": "student", "params": [p for p in student if p.requires_grad]}]
     learned = [p for p in sampler.parameters() if p.requires_grad]
+    lr = getattr(sampler, "lr", None) or sampler_lr
     if learned:
         groups.append({"name": "sampler", "params": learned})
-        if sampler_lr is not None:
-            groups[-1]["lr"] = sampler_lr
+        if lr is not None:
+            groups[-1]["lr"] = lr
     return groups

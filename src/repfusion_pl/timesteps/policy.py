@@ -47,6 +47,9 @@ class PolicyTimestep(TimestepSampler):
             cache's grid, and live as well).
         log_snr_bins: Choose among this many timesteps, one per equal-width bin of the teacher's
             log signal-to-noise ratio (instead of ``grid``; needs a live teacher's schedule).
+        lr: Learning rate of the policy and its reward (their own optimiser group), so that a config
+            that swaps the policy for a fixed sampler drops it too; default the module's
+            ``sampler_lr``, else the optimiser's.
     """
 
     baseline_value: Tensor
@@ -70,6 +73,7 @@ class PolicyTimestep(TimestepSampler):
         head_hidden: int | None = None,
         grid: list[int] | None = None,
         log_snr_bins: int | None = None,
+        lr: float | None = None,
     ) -> None:
         super().__init__()
         self._check_options(baseline, normalize_advantage, entropy_end, warmup_steps, grid, log_snr_bins)
@@ -80,7 +84,7 @@ class PolicyTimestep(TimestepSampler):
         self.entropy_end_epoch = max(1, entropy_end_epoch)
         self.entropy_end, self.warmup_steps = entropy_end, warmup_steps
         self.policy_channels = policy_channels
-        self.grid, self.log_snr_bins = grid, log_snr_bins
+        self.grid, self.log_snr_bins, self.lr = grid, log_snr_bins, lr
         self.actions: list[int] | None = grid  # the timesteps the actions stand for (None: all T)
         self.register_buffer("_grid", torch.tensor(grid or [0], dtype=torch.long), persistent=False)
         self.register_buffer("baseline_value", torch.zeros(()))
