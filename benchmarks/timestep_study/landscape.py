@@ -46,7 +46,7 @@ def train_at_uniform_t(
     for _ in range(steps):
         index = torch.randint(0, len(features), (batch,), generator=generator)
         point = torch.randint(0, features.shape[1], (batch,), generator=generator)
-        out = reward(features[index, point], labels[index], **timesteps_of(reward, point))
+        out = reward.score(features[index, point], labels[index], point)
         optimizer.zero_grad(set_to_none=True)
         torch.stack(list(out.losses.values())).sum().backward()
         optimizer.step()
@@ -113,9 +113,9 @@ def minority_reward(
                 chunk, y = features[start : start + batch], labels[start : start + batch]
                 points = torch.full((batch,), major)
                 points[:minority] = odd
-                scored = reward(chunk[torch.arange(batch), points], y, **timesteps_of(reward, points))
+                scored = reward.score(chunk[torch.arange(batch), points], y, points)
                 mixed.append(scored.reward[:minority].mean())
-                together = reward(chunk[:, odd], y, **timesteps_of(reward, torch.full((batch,), odd)))
+                together = reward.score(chunk[:, odd], y, torch.full((batch,), odd))
                 alone.append(together.reward[:minority].mean())
             rows.append(
                 {
@@ -126,8 +126,3 @@ def minority_reward(
                 }
             )
     return rows
-
-
-def timesteps_of(reward: TimestepReward, points: Tensor) -> dict[str, Tensor]:
-    """The ``timesteps`` keyword for rewards that read them (grid indices group the same way)."""
-    return {"timesteps": points} if reward.reads_timesteps else {}

@@ -129,7 +129,8 @@ def learner_groups(
     """
     groups: list[dict[str, Any]] = [{"name": "student", "params": [p for p in student if p.requires_grad]}]
     learned = [p for p in sampler.parameters() if p.requires_grad]
-    lr = getattr(sampler, "lr", None) or sampler_lr
+    own = getattr(sampler, "lr", None)
+    lr = own if own is not None else sampler_lr
     if learned:
         groups.append({"name": "sampler", "params": learned})
         if lr is not None:

@@ -88,9 +88,8 @@ class TimestepBanditEnv(gym.Env):
         """Per-image rewards of images ``indices`` seen by the teacher at ``timesteps``."""
         features = self.teacher(self.images[indices], timesteps)[self.layer]
         labels = None if self.labels is None else self.labels[indices]
-        extra = {"timesteps": timesteps} if self.reward_fn.reads_timesteps else {}
         with torch.no_grad():
-            return self.reward_fn(features, labels, **extra).reward.float()
+            return self.reward_fn.score(features, labels, timesteps).reward.float()
 
     def step(self, action: Any):
         if not self.action_space.contains(action):

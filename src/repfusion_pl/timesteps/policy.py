@@ -263,10 +263,7 @@ class PolicyTimestep(TimestepSampler):
 
     def step_loss(self, draw: TimestepDraw, features: Tensor, labels: Tensor | None) -> SamplerOutput:
         # The reward sees detached features: its own terms train only the reward's parameters.
-        if self.reward.reads_timesteps:
-            scored = self.reward(features.detach(), labels, timesteps=draw.timesteps)
-        else:
-            scored = self.reward(features.detach(), labels)
+        scored = self.reward.score(features.detach(), labels, draw.timesteps)
         out = self.reinforce(draw, scored.reward.detach())
         out.losses.update(scored.losses)
         out.logs.update(scored.logs)

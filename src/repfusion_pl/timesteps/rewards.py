@@ -77,6 +77,12 @@ class TimestepReward(nn.Module):
     def build(self, feature_channels: int) -> None:
         """Create parameters once the teacher's feature width is known (called by `PolicyTimestep`)."""
 
+    def score(self, features: Tensor, labels: Tensor | None, timesteps: Tensor) -> RewardOutput:
+        """Score drawn timesteps: ``forward``, given the timesteps when the reward reads them."""
+        if self.reads_timesteps:
+            return self(features, labels, timesteps=timesteps)
+        return self(features, labels)
+
     def checked_labels(self, labels: Tensor | None, num_classes: int) -> Tensor:
         """A batch's labels, refused with the fix when missing or outside ``0..num_classes - 1``.
 
