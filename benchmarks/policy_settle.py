@@ -58,8 +58,16 @@ def summary(runs: list[dict], top_region: list[int]) -> dict:
     }
 
 
-def markdown(results: dict) -> str:
+def own_top_region(setting: PolicySetting, setup: str, reward: str, landscapes: dict) -> str:
+    """A row's note when its reward reads another input than the table's (its own top region)."""
+    if setting.read == "head" or setting.read not in landscapes.get(setup, {}):
+        return ""
+    return f" (top region on the {setting.read}: {landscapes[setup][setting.read][reward]['top_region']})"
+
+
+def markdown(results: dict, landscapes: dict) -> str:
     """One table per setup and reward: settings as rows."""
+    settings = {setting.name: setting for setting in SETTINGS}
     lines = ["# Does the timestep policy settle?", ""]
     lines.append(f"{results['updates']} updates at batch {results['batch']}, seeds {results['seeds']}.")
     for setup, by_reward in results["setups"].items():
@@ -70,9 +78,9 @@ def markdown(results: dict) -> str:
             for name, row in block["settings"].items():
                 n, med = row["seeds"], row["median_updates"] or "–"
                 shares = " ".join(f"{s:.2f}" for s in row["share"])
-                lines.append(
-                    f"| {name} | {row['settled']}/{n} | {row['in_top']}/{n} | {med} | {row['t']} | {shares} |"
-                )
+                note = own_top_region(settings[name], setup, reward, landscapes) if name in settings else ""
+                counts = f"{row['settled']}/{n} | {row['in_top']}/{n}"
+                lines.append(f"| {name}{note} | {counts} | {med} | {row['t']} | {shares} |")
     if results.get("paper_budget"):
         lines += ["", "## The authors' setting with a longer budget", ""]
         for key, row in results["paper_budget"].items():
@@ -127,7 +135,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         stem = "policy-settle" + ("-dry-run" if args.dry_run else "")
-        write_report(json.loads((args.results_dir / f"{stem}.json").read_text()), args.results_dir, stem)
+        landscape_file = args.results_dir / (
+            "policy-landscape" + ("-dry-run" if args.dry_run else "") + ".json"
+        )
+        landscapes = json.loads(landscape_file.read_text())["setups"] if landscape_file.is_file() else {}
+        write_report(
+            json.loads((args.results_dir / f"{stem}.json").read_text()), args.results_dir, stem, landscapes
+        )
         return
     if args.dry_run:
         args.seeds, args.updates, args.paper_updates, args.batch = [0, 1], 10, 10, 16
@@ -177,14 +191,15 @@ def main() -> None:
     results["environment"] = environment()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    write_report(results, args.results_dir, stem)
+    write_report(results, args.results_dir, stem, landscapes)
 
 
-def write_report(results: dict, folder: Path, stem: str) -> None:
+def write_report(results: dict, folder: Path, stem: str, landscapes: dict) -> None:
     """The table (``.md``, also printed) and the figure (``.png``) of a settle run's results."""
-    (folder / f"{stem}.md").write_text(markdown(results))
+    table = markdown(results, landscapes)
+    (folder / f"{stem}.md").write_text(table)
     figure(results, folder / f"{stem}.png")
-    print(markdown(results))
+    print(table)
 
 
 if __name__ == "__main__":
