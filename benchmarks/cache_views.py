@@ -34,6 +34,7 @@ from quality import DRY_RUN, PROFILES, configs
 from repfusion_pl.data.views import ViewSpec
 from repfusion_pl.distillation.cache_build import build_cache
 from study import Comparison, merge
+from study.report import repo_relative
 from study.runs import instantiate_data, instantiate_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,11 @@ def main() -> None:
                 "teacher": False,
             },
         },
-        extra={"epochs": profile["distill_epochs"], "cache_build_seconds": builds, "teacher": str(SHIPPED)},
+        extra={
+            "epochs": profile["distill_epochs"],
+            "cache_build_seconds": builds,
+            "teacher": repo_relative(SHIPPED),
+        },
     )
     result = comparison.run(progress=print)
     rows = summary_rows(result, builds, settings[-1].name)

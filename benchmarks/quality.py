@@ -16,11 +16,17 @@ Profiles (both 28x28 images padded to 32, the shipped teacher's size):
 * ``gpu``: sized for one 8-minute call on one H100/H200 (bf16): 20,000 images distilled for 8 epochs
   per arm, all four arms, two distillation seeds, batches cut on the GPU, the dense loss
   (`DenseMSELoss`, which beat the pooled one on the CPU: ``benchmarks/results/fixed-t-dense.md``);
-* ``cpu``: about 70 minutes on 2 CPU cores: the two arms the targets compare (the policy and the best
-  fixed t), one distillation seed, 4,000 images for 4 epochs, the probe at two timesteps, the
-  pooled loss (its committed results were run with it); chosen
-  from measured speeds on this project's CPU (teacher forward to the decoder 36 img/s, distillation
-  step 21 img/s, ResNet-18 training step 54 img/s, feature pass 182 img/s, 32 px, batch 64).
+* ``cpu``: about 100 minutes on 2 CPU cores: the two arms the targets compare (the policy with
+  configs/distill.yaml's settled setting, and the best fixed t), the dense loss, two distillation
+  seeds each, 4,000 images for 4 epochs, the probe at two timesteps; chosen from measured speeds on
+  this project's CPU (teacher forward to the decoder 36 img/s, distillation step 21 img/s, ResNet-18
+  training step 54 img/s, feature pass 182 img/s, 32 px, batch 64): 4 distillations (~32 min), the
+  protocol choice (3 candidates x 3 backbones x 2 columns, ~25 min), 5 backbones x 3 seeds x 2
+  columns of fine-tuning (~40 min).
+
+Both profiles choose the fine-tuning protocol per column on the validation split (one rate; the
+backbone at 0.1x; LP-FT then 0.1x: `protocol_candidates`) and fine-tune every backbone, random init
+included, with the one chosen.
 
 ``--dry-run`` runs a profile tiny (on the CPU, in a couple of minutes; a test does). The teacher is
 the shipped one when ``benchmarks/teachers/fashion-32`` is there; ``--retrain-teacher`` trains
@@ -63,12 +69,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "distill_data": {"num_train": 4000},
         "distill_epochs": 4,
         "arms": ["policy (REINFORCE)", "fixed t"],
-        "distill_seeds": None,
+        "distill_seeds": [0, 1],
         "finetune_epochs": {10: 30, 100: 5},
         "timesteps": [0, 100],
         "monitor": {"every": 1, "images": 1000, "teacher": False},
-        # Pooled, as its committed results were run; the dense loss was measured after (fixed-t-dense).
-        "feature_loss": "repfusion_pl.PooledMSELoss",
+        "feature_loss": "repfusion_pl.DenseMSELoss",
         "probe": {"accelerator": "cpu", "precision": "32"},
         "trainer": {},
     },
@@ -141,6 +146,29 @@ def configs(profile: dict[str, Any], data: dict) -> tuple[dict, dict, list[Setti
     return distill, classify, [*settings, Setting("linear probe, all labels")]
 
 
+def protocol_candidates(finetune_epochs: dict[int, int]) -> dict[str, dict[str, dict]]:
+    """Per fine-tuning column, the protocols the study chooses among on validation (`study.protocols`).
+
+    One rate for all (the task's default); the backbone at 0.1x the head's rate; LP-FT: the head
+    alone for a third of the column's epochs more, then all of it with the backbone at 0.1x.
+    """
+
+    def protocol(epochs: int, **options: float) -> dict:
+        return {"trainer": {"max_epochs": epochs}, "model": {"init_args": {"protocol": options}}}
+
+    columns = {}
+    for labels, epochs in finetune_epochs.items():
+        extra = max(1, epochs // 3)
+        columns[f"{labels} labels/class"] = {
+            "one rate": {},
+            "backbone x0.1": protocol(epochs, backbone_lr_scale=0.1),
+            f"LP-FT ({extra} head-only epochs), then backbone x0.1": protocol(
+                epochs + extra, backbone_lr_scale=0.1, probe_epochs=extra
+            ),
+        }
+    return columns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,6 +194,9 @@ def main() -> None:
         "init_args": {"root": args.root, **profile["data"]},
     }
     distill, classify, settings = configs(profile, data)
+    protocols = protocol_candidates(profile["finetune_epochs"])
+    if args.dry_run:  # the choice on one column is the same code as on two
+        protocols = dict(list(protocols.items())[:1])
     monitor = profile["monitor"]
     run_study(
         name=name,
@@ -185,6 +216,7 @@ def main() -> None:
         arms=profile["arms"],
         distill_seeds=profile["distill_seeds"],
         probe_options=profile["probe"],
+        protocols=protocols,
     )
     print(f"teacher: {teacher_folder}")
 

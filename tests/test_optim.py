@@ -79,3 +79,28 @@ def test_bad_schedules_are_explained(tmp_path):
         LRSchedule(interval="batch")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"warm-up of 50 optimiser steps is longer than the run \(6 steps\)"):
         train(tmp_path, steps=6, per_epoch=3, schedule=LRSchedule(warmup_steps=50))
+
+
+@pytest.mark.parametrize(("rule", "factor"), [("linear", 4.0), ("sqrt", 2.0)])
+def test_the_batch_rule_scales_every_rate_to_the_global_batch(tmp_path, rule, factor):
+    from repfusion_pl.data import DigitsDataModule
+
+    torch.manual_seed(0)
+    schedule = LRSchedule(reference_batch=4, batch_scaling=rule)
+    task = ClassificationTask(10, backbone=BackboneSpec(in_channels=1), schedule=schedule)
+    record = RecordLR()
+    trainer = quiet_trainer(
+        tmp_path, max_steps=1, accumulate_grad_batches=2, callbacks=[record], limit_val_batches=0
+    )
+    # Global batch: 8 per device x 1 device x 2 accumulated = 16, four times the reference 4.
+    trainer.fit(task, datamodule=DigitsDataModule(image_size=8, batch_size=8))
+    assert record.used[0] == pytest.approx(1e-3 * factor)
+
+
+def test_a_batch_rule_without_a_batch_size_to_read_is_refused(tmp_path):
+    task = ClassificationTask(2, backbone=BackboneSpec(in_channels=1), schedule=LRSchedule(reference_batch=64))
+    data = DataLoader(TensorDataset(torch.rand(4, 1, 8, 8), torch.randint(0, 2, (4,))), batch_size=2)
+    with pytest.raises(ValueError, match=r"no integer batch_size.*reference_batch: null"):
+        quiet_trainer(tmp_path, max_steps=1).fit(task, data)
+    with pytest.raises(ValueError, match=r"reference_batch must be >= 1"):
+        LRSchedule(reference_batch=0)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT
 from test_data_fashion import class_images, write_idx
@@ -38,7 +39,7 @@ def test_the_gpu_profile_dry_run_distils_every_arm_twice_from_the_shipped_teache
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((results / "quality-gpu-dry-run.json").read_text())
-    assert result["teacher"] == str(SHIPPED) and result["distill_seeds"] == [0, 1]
+    assert result["teacher"] == "benchmarks/teachers/fashion-32" and result["distill_seeds"] == [0, 1]
     assert len(result["scores"]) == 5  # random init and the four arms
     for arm, per_setting in result["by_distill_seed"].items():
         runs = 1 if arm == "random init" else 2
@@ -49,6 +50,26 @@ def test_the_gpu_profile_dry_run_distils_every_arm_twice_from_the_shipped_teache
     markdown = (results / "quality-gpu-dry-run.md").read_text()
     assert "2 distillation seeds × 2 fine-tuning seeds" in markdown and "| distilled from |" in markdown
     assert (results / "quality-gpu-dry-run-monitor.png").read_bytes()[:4] == b"\x89PNG"
+    # The fine-tuning protocol: chosen on validation over random init and each arm's first student.
+    record = result["protocols"]["2 labels/class"]
+    assert list(result["protocols"]) == ["2 labels/class"]
+    assert list(record["validation"]) == [
+        "one rate", "backbone x0.1", "LP-FT (1 head-only epochs), then backbone x0.1"
+    ]  # fmt: skip
+    assert all(len(scores) == 5 for scores in record["validation"].values())
+    means = {name: np.mean(list(scores.values())) for name, scores in record["validation"].items()}
+    assert record["chosen"] == max(means, key=means.get)
+    assert "chosen on validation" in markdown
+    # The test runs then use it: their configs carry the chosen protocol, and no validation run does.
+    chosen = {
+        "one rate": None,
+        "backbone x0.1": {"backbone_lr_scale": 0.1},
+        "LP-FT (1 head-only epochs), then backbone x0.1": {"backbone_lr_scale": 0.1, "probe_epochs": 1},
+    }[record["chosen"]]
+    test_run = yaml.safe_load(
+        (tmp_path / "work" / "configs" / "classify-random-init-2-labels-class-seed1.yaml").read_text()
+    )
+    assert test_run["model"]["init_args"].get("protocol") == chosen
 
 
 def test_a_teacher_of_another_size_than_the_profile_is_refused_with_both_sizes(tmp_path, monkeypatch):

@@ -39,6 +39,10 @@ def test_sampler_arms_share_the_layer_and_differ_in_the_sampler() -> None:
     # Only the label-free arm withholds the labels, on the same images.
     assert [name for name, arm in arms.items() if "data" in arm] == ["policy, no labels"]
     assert arms["policy, no labels"]["data"] == {"init_args": {"labels": False}}
+    # Its reward reads the distilled targets, as configs/distill-no-labels.yaml's does; the others'
+    # the head layer.
+    reads = {name: arm["model"]["init_args"].get("reward_reads") for name, arm in arms.items()}
+    assert reads == {name: "targets" if name == "policy, no labels" else None for name in arms}
     assert {tuple(arm["model"]["init_args"]["teacher"]["init_args"]["layers"]) for arm in arms.values()} == {
         ("mid_block.resnets.0",)
     }

@@ -26,6 +26,7 @@ from repfusion_pl.probing import probe_student, split_loaders
 from repfusion_pl.probing.report import layers_of
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.students.weights import load_backbone_weights, resolve_backbone
+from study.protocols import choose_protocols
 from study.report import environment, rounded, write_results
 from study.runs import QUIET_TRAINER, fit_config, instantiate_data, merge, write_yaml
 
@@ -50,17 +51,20 @@ def sampler_arms(
         head_layer: The teacher layer the policies' rewards read (default the module's: the first).
     """
 
-    def arm(sampler: dict, data: dict | None = None) -> dict:
+    def arm(sampler: dict, data: dict | None = None, **model_args: Any) -> dict:
         teacher = {"init_args": {"layers": layers_of(layer)}}  # a layer, or a concatenated layer set
         model = {"teacher": teacher, "sampler": sampler, **({"head_layer": head_layer} if head_layer else {})}
-        return {"model": {"init_args": model}, **(data or {})}
+        return {"model": {"init_args": {**model, **model_args}}, **(data or {})}
 
-    # The same policy on the same images with the labels withheld: rewarded by the contrastive reward.
+    # The same policy on the same images with the labels withheld: rewarded by the contrastive reward,
+    # which reads the distilled targets as configs/distill-no-labels.yaml's does.
     label_free = {"num_classes": None, "reward": {"class_path": "repfusion_pl.ContrastiveReward"}}
     no_labels = {**policy, "init_args": {**policy.get("init_args", {}), **label_free}}
     return {
         "policy (REINFORCE)": arm(policy),
-        "policy, no labels": arm(no_labels, {"data": {"init_args": {"labels": False}}}),
+        "policy, no labels": arm(
+            no_labels, {"data": {"init_args": {"labels": False}}}, reward_reads="targets"
+        ),
         f"fixed t={timestep}": arm(
             {"class_path": "repfusion_pl.FixedTimestep", "init_args": {"t": timestep}}
         ),
@@ -105,6 +109,8 @@ class Comparison:
         accelerator: Where the linear probes run: ``auto`` (the GPU when PyTorch sees one), ``cpu``, ``gpu``.
         distill_seeds: Distil every arm once per seed (``seed_everything``), so that the spread of
             distillation itself is measured; ``None``: once, with the base config's seed.
+        protocols: Per fine-tuning column, candidate protocols (name -> classification overrides);
+            one is chosen on the validation split for all backbones (`study.protocols`).
     """
 
     name: str
@@ -121,6 +127,7 @@ class Comparison:
     monitor: dict | None = None
     accelerator: str = "auto"
     distill_seeds: list[int] | None = None
+    protocols: dict[str, dict[str, dict]] | None = None
 
     def run_names(self, arm: str) -> list[tuple[str, int | None]]:
         """The file-name stem and seed of every distillation of ``arm`` (the arm's slug when once)."""
@@ -164,13 +171,25 @@ class Comparison:
             )
         return checkpoint, metrics, seconds
 
-    def evaluate(self, arm: str, weights: Path | None, setting: Setting, seed: int) -> float:
-        """Test accuracy of one backbone (``None``: random init) under one setting and seed."""
+    def evaluate(
+        self,
+        arm: str,
+        weights: Path | None,
+        setting: Setting,
+        seed: int,
+        protocol: tuple[str, dict] | None = None,
+    ) -> float:
+        """Test accuracy of one backbone (``None``: random init) under one setting and seed.
+
+        With a ``protocol`` (name, overrides from `validation_overrides`): its validation accuracy.
+        """
         if setting.classify is None:
             return self.linear_probe(weights, seed)
         student = weights.stem if weights is not None else slug(arm)
-        run = f"{student}-{slug(setting.name)}-seed{seed}"
-        config = merge(self.classify_base, setting.classify)
+        run = (
+            f"{student}-{slug(setting.name)}" + (f"-{slug(protocol[0])}" if protocol else "") + f"-seed{seed}"
+        )
+        config = merge(merge(self.classify_base, setting.classify), protocol[1] if protocol else {})
         config = merge(
             config,
             {
@@ -181,7 +200,7 @@ class Comparison:
             },
         )
         path = write_yaml(config, self.work_dir / "configs" / f"classify-{run}.yaml", f"# {self.name}\n")
-        return fit_config(path, test=True)["test/acc"]
+        return fit_config(path)["val/acc"] if protocol else fit_config(path, test=True)["test/acc"]
 
     def linear_probe(self, weights: Path | None, seed: int) -> float:
         """Ridge linear-probe test accuracy of the classification config's backbone (frozen)."""
@@ -208,7 +227,8 @@ class Comparison:
         students = len(self.arms) * len(self.distill_seeds or [None])
         probes = sum(setting.classify is None for setting in self.settings)
         fine_tunes = (students + 1) * (len(self.settings) - probes) * len(self.seeds)
-        return students + fine_tunes + probes * (students + len(self.seeds))
+        choosing = (len(self.arms) + 1) * sum(len(c) for c in (self.protocols or {}).values())
+        return students + choosing + fine_tunes + probes * (students + len(self.seeds))
 
     def distil_all(self, bar: tqdm) -> tuple[dict[str, list[Path | None]], dict[str, dict]]:
         """Every distillation: each arm's students (one per distillation seed) and their metrics."""
@@ -231,6 +251,7 @@ class Comparison:
         """Every distillation, then every evaluation; write the JSON, markdown and plot; return the result."""
         bar = tqdm(total=self.run_count(), desc=self.name, unit="run")
         students, distillation = self.distil_all(bar)
+        selection = choose_protocols(self, students, bar)
         scores: dict[str, dict[str, list[float]]] = {arm: {} for arm in students}
         by_distill_seed: dict[str, dict[str, list[list[float]]]] = {arm: {} for arm in students}
         for setting in self.settings:
@@ -255,6 +276,7 @@ class Comparison:
             "scores": scores,
             "by_distill_seed": by_distill_seed,
             "distillation": distillation,
+            **({"protocols": selection} if selection else {}),
             "environment": environment(),
             **self.extra,
         }

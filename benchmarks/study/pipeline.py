@@ -13,7 +13,7 @@ import yaml
 from repfusion_pl.probing import probe_teacher
 from repfusion_pl.students import Student
 from study.comparison import Comparison, Setting, sampler_arms
-from study.report import markdown_table, write_results
+from study.report import markdown_table, repo_relative, write_results
 from study.runs import fit_config, instantiate_data, merge
 
 
@@ -61,6 +61,7 @@ def run_study(
     arms: Sequence[str] | None = None,
     distill_seeds: list[int] | None = None,
     probe_options: dict[str, Any] | None = None,
+    protocols: dict[str, dict[str, dict]] | None = None,
 ) -> dict[str, Any]:
     """Teacher (trained or reused), probe, the distillation arms, evaluation: the whole story.
 
@@ -89,6 +90,8 @@ def run_study(
         distill_seeds: Distil each arm once per seed (the spread of distillation itself); default once.
         probe_options: More `probe_teacher` arguments (``layers``, ``layer_sets``, ``accelerator``,
             ``precision``).
+        protocols: Per fine-tuning column, candidate protocols chosen among on validation
+            (`Comparison.protocols`); default the classification config as it is.
     """
     start = time.perf_counter()
     teacher_seconds = 0.0
@@ -121,6 +124,7 @@ def run_study(
         classify_base=classify_base,
         arms=chosen,
         distill_seeds=distill_seeds,
+        protocols=protocols,
         settings=settings,
         seeds=seeds,
         work_dir=work_dir,
@@ -139,7 +143,7 @@ def run_study(
         },
         num_classes=int(classify_base["model"]["init_args"]["num_classes"]),
         extra={
-            "teacher": str(teacher_dir),
+            "teacher": repo_relative(teacher_dir),
             "probe": {"best": best, "random_student": probed["random_student"], "rows": probed["rows"]},
         },
     )

@@ -13,6 +13,8 @@ from typing import Any
 import lightning
 import torch
 
+from study.protocols import selection_table
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -54,6 +56,13 @@ def environment() -> dict[str, Any]:
         "lightning": lightning.__version__,
         "python": platform.python_version(),
     }
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it: results must not name one machine."""
+    root = Path(__file__).resolve().parents[2]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def rounded(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +169,12 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: results_dir / f"{result['name']}.{kind}" for kind in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(result, indent=2))
-    paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n")
+    chosen = ""
+    if "protocols" in result:
+        chosen = (
+            "\n## Fine-tuning protocol, chosen on validation\n" + selection_table(result["protocols"]) + "\n"
+        )
+    paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n" + chosen)
     arms, settings = list(result["scores"]), result["settings"]
     width = 0.8 / len(arms)
     fig, axis = plt.subplots(figsize=(2.2 * len(settings) + 2, 3.6))

@@ -22,7 +22,7 @@ from repfusion_pl.distillation import (
 )
 from repfusion_pl.probing import RepresentationMonitor
 from repfusion_pl.students import BackboneSpec, Student
-from repfusion_pl.tasks import BaseTask, ClassificationTask, LandmarkTask, SegmentationTask
+from repfusion_pl.tasks import BaseTask, ClassificationTask, FineTuneProtocol, LandmarkTask, SegmentationTask
 from repfusion_pl.teachers import CachedTeacher, DiffusionTeacher, DiffusionTeacherTraining
 from repfusion_pl.timesteps import (
     ContrastiveReward,
@@ -43,6 +43,7 @@ __all__ = [
     "__version__",
     "BaseTask",
     "ClassificationTask",
+    "FineTuneProtocol",
     "LandmarkTask",
     "SegmentationTask",
     "AttentionTransferLoss",

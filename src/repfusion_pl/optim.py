@@ -9,6 +9,7 @@ the scheduled one times the warm-up factor, as in mmcv's warm-up.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,11 +29,18 @@ class LRSchedule:
             (per-iteration schedules such as ``PolynomialLR(total_iters=<iterations>)`` need ``step``).
         warmup_steps: Optimiser steps of linear warm-up (0: none).
         warmup_start_factor: The warm-up's first learning rate as a fraction of the scheduled one.
+        reference_batch: The global batch the configured learning rates were chosen for (images per
+            optimiser step); with it, every rate is scaled to the run's global batch (per-device
+            batch x devices x nodes x ``accumulate_grad_batches``) by ``batch_scaling``. ``None``:
+            the rates as configured, whatever the world size.
+        batch_scaling: ``linear`` (Goyal et al., 2017: SGD) or ``sqrt`` (often better for Adam).
     """
 
     interval: Literal["epoch", "step"] = "epoch"
     warmup_steps: int = 0
     warmup_start_factor: float = 0.001
+    reference_batch: int | None = None
+    batch_scaling: Literal["linear", "sqrt"] = "linear"
 
     def __post_init__(self) -> None:
         if self.interval not in ("epoch", "step"):
@@ -46,6 +54,23 @@ class LRSchedule:
             raise ValueError(
                 f"schedule.warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}"
             )
+        if self.reference_batch is not None and self.reference_batch < 1:
+            raise ValueError(f"schedule.reference_batch must be >= 1 (or null), got {self.reference_batch}")
+
+
+def batch_scale(schedule: LRSchedule, trainer: Trainer | None) -> float:
+    """The factor ``schedule`` applies to every learning rate for the run's global batch."""
+    if schedule.reference_batch is None or trainer is None:
+        return 1.0
+    batch = getattr(trainer.datamodule, "batch_size", None)  # type: ignore[attr-defined]
+    if not isinstance(batch, int):
+        raise ValueError(
+            "schedule.reference_batch scales the learning rate to the global batch, but the data module "
+            "has no integer batch_size to read it from; give it one or set reference_batch: null"
+        )
+    global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+    ratio = global_batch / schedule.reference_batch
+    return ratio if schedule.batch_scaling == "linear" else math.sqrt(ratio)
 
 
 def check_warmup_fits(schedule: LRSchedule, trainer: Trainer | None) -> int | None:
@@ -83,18 +108,23 @@ def build_optimization(
     lr_scheduler: LRSchedulerCallable | None,
     default: Callable[[Iterable[Any]], torch.optim.Optimizer],
     schedule: LRSchedule | None = None,
+    trainer: Trainer | None = None,
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimiser and its scheduler configs, if any.
 
     Args:
-        params: Parameters or parameter groups.
+        params: Parameters or parameter groups; a group's ``lr_scale`` multiplies the optimiser's rate.
         optimizer: The configured optimiser factory; ``None`` uses ``default``.
         lr_scheduler: The configured scheduler factory; ``None`` for a constant learning rate.
         default: Builds the module's default optimiser.
-        schedule: The scheduler's interval and the warm-up; default per epoch, no warm-up.
+        schedule: The scheduler's interval, the warm-up and the batch rule; default per epoch, none.
+        trainer: The run's trainer, for the global batch the rule scales to.
     """
     schedule = schedule or LRSchedule()
     built = default(params) if optimizer is None else optimizer(params)
+    scale = batch_scale(schedule, trainer)
+    for group in built.param_groups:  # a group's multiple of the configured rate (timm's convention)
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0) * scale
     configs = []
     if schedule.warmup_steps:
         warmup = torch.optim.lr_scheduler.LinearLR(

@@ -295,4 +295,4 @@ class RepFusionDistillation(LightningModule):
     def configure_optimizers(self) -> Any:
         default = partial(optim.authors_sgd, fused=self.device.type == "cuda")
         groups, factories = self.parameter_groups(), (self.optimizer_factory, self.lr_scheduler_factory)
-        return optim.build_optimization(groups, *factories, default, self.schedule)
+        return optim.build_optimization(groups, *factories, default, self.schedule, self._trainer)

@@ -17,6 +17,7 @@ from repfusion_pl.hparams import drop_live_object_hparams
 from repfusion_pl.optim import LRSchedule, build_optimization, check_warmup_fits
 from repfusion_pl.students import BackboneSpec
 from repfusion_pl.students.weights import BackboneWeights, load_backbone_weights, resolve_backbone
+from repfusion_pl.tasks.protocol import FineTuneProtocol, protocol_param_groups
 
 
 class BaseTask(LightningModule):
@@ -36,6 +37,8 @@ class BaseTask(LightningModule):
         optimizer: Builds the optimiser from the trainable parameters; default AdamW(lr=1e-3).
         lr_scheduler: Builds a learning-rate scheduler from the optimiser; default none.
         schedule: The scheduler's interval (``epoch`` or ``step``) and a linear warm-up.
+        protocol: How the backbone is fine-tuned: a lower rate, layer-wise decay, head-only epochs
+            first (LP-FT); default all at one rate from the start. See `FineTuneProtocol`.
     """
 
     #: The backbone when neither ``backbone`` nor ``backbone_weights`` says which.
@@ -49,6 +52,7 @@ class BaseTask(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         schedule: LRSchedule | None = None,
+        protocol: FineTuneProtocol | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # live modules are dropped just below
@@ -62,6 +66,12 @@ class BaseTask(LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.schedule = schedule or LRSchedule()
+        self.protocol = protocol or FineTuneProtocol()
+        if freeze_backbone and protocol is not None:
+            raise ValueError(
+                "freeze_backbone: true is a linear probe, and a fine-tuning protocol needs a backbone that "
+                "trains; drop one of them (protocol.probe_epochs trains the head alone first, then all)"
+            )
         self.configure_models()
         self.configure_losses()
         metrics = self.configure_metrics()
@@ -115,12 +125,28 @@ class BaseTask(LightningModule):
         """Load distilled weights strictly into `backbone_module` (the one way in)."""
         load_backbone_weights(self.backbone_module(), weights, target=f"{type(self).__name__} backbone")
 
+    @property
+    def probing(self) -> bool:
+        """Whether the backbone is held this epoch: frozen, or in LP-FT's head-only epochs."""
+        epoch = self.trainer.current_epoch if self._trainer is not None else 0
+        return self.freeze_backbone or epoch < self.protocol.probe_epochs
+
     def train(self, mode: bool = True) -> BaseTask:
-        """Switch modes, keeping a frozen backbone in eval mode so its BatchNorm statistics stay put."""
+        """Switch modes, keeping a held backbone in eval mode so its BatchNorm statistics stay put."""
         super().train(mode)
-        if self.freeze_backbone:
+        if self.probing:
             self.backbone_module().eval()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train()  # LP-FT's last head-only epoch has passed: the backbone's BatchNorm learns again
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.probing and not self.freeze_backbone:
+            # LP-FT drops the backbone's gradients rather than freezing it: DDP registers the
+            # parameters that require grad once, so one unfrozen later would train unsynchronised.
+            for param in self.backbone_module().parameters():
+                param.grad = None
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
@@ -153,12 +179,26 @@ class BaseTask(LightningModule):
         # Here, once the training data is set up: asking for the run's length any earlier would set
         # it up before a resume restores the random streams.
         check_warmup_fits(self.schedule, self.trainer)
+        epochs = self.trainer.max_epochs
+        if self.protocol.probe_epochs and (
+            epochs is None or epochs < 0 or self.protocol.probe_epochs >= epochs
+        ):
+            raise ValueError(
+                f"protocol.probe_epochs is {self.protocol.probe_epochs} but trainer.max_epochs is {epochs}: "
+                "LP-FT trains the head alone for probe_epochs and then all of it, within max_epochs; "
+                "set max_epochs above probe_epochs"
+            )
 
     def configure_optimizers(self) -> Any:
         def adamw(params: Any) -> torch.optim.Optimizer:
             return torch.optim.AdamW(params, lr=1e-3)
 
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: Any = [p for p in self.parameters() if p.requires_grad]
+        if self.protocol.changes_rates:
+            backbone = self.backbone_module()
+            prefix = next(name for name, module in self.named_modules() if module is backbone) + "."
+            named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+            params = protocol_param_groups(self.protocol, backbone, named, prefix)
         return build_optimization(
-            params, self.optimizer_factory, self.lr_scheduler_factory, adamw, self.schedule
+            params, self.optimizer_factory, self.lr_scheduler_factory, adamw, self.schedule, self._trainer
         )

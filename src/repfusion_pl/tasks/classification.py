@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from repfusion_pl.optim import LRSchedule
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
+from repfusion_pl.tasks.protocol import FineTuneProtocol
 
 
 class ClassificationTask(BaseTask):
@@ -24,6 +25,7 @@ class ClassificationTask(BaseTask):
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
         lr_scheduler: Scheduler factory; default none.
         schedule: The scheduler's interval and a linear warm-up; see `BaseTask`.
+        protocol: Lower backbone rate, layer-wise decay or LP-FT; see `FineTuneProtocol`.
     """
 
     def __init__(
@@ -36,10 +38,13 @@ class ClassificationTask(BaseTask):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         schedule: LRSchedule | None = None,
+        protocol: FineTuneProtocol | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule)
+        super().__init__(
+            backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule, protocol
+        )
 
     def configure_models(self) -> None:
         self.encoder = Student.from_spec(self.backbone_spec)

@@ -16,6 +16,7 @@ from repfusion_pl.optim import LRSchedule
 from repfusion_pl.students import BackboneSpec, Student
 from repfusion_pl.tasks.base import BaseTask
 from repfusion_pl.tasks.heatmap_heads import ConcatHead, deconv_head, upsamplings_for
+from repfusion_pl.tasks.protocol import FineTuneProtocol
 
 
 def gaussian_heatmaps(keypoints: Tensor, size: tuple[int, int], stride: float, sigma: float) -> Tensor:
@@ -98,6 +99,7 @@ class LandmarkTask(BaseTask):
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
         lr_scheduler: Scheduler factory; default none.
         schedule: The scheduler's interval and a linear warm-up; see `BaseTask`.
+        protocol: Lower backbone rate, layer-wise decay or LP-FT; see `FineTuneProtocol`.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class LandmarkTask(BaseTask):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         schedule: LRSchedule | None = None,
+        protocol: FineTuneProtocol | None = None,
     ) -> None:
         if flip_test and flip_index is None:
             raise ValueError("flip_test needs flip_index (the left/right permutation of the keypoints)")
@@ -127,7 +130,9 @@ class LandmarkTask(BaseTask):
         self.image_size, self.heatmap_stride, self.head_channels = image_size, heatmap_stride, head_channels
         self.head_type = head
         self.sigma = sigma
-        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule)
+        super().__init__(
+            backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule, protocol
+        )
 
     def configure_models(self) -> None:
         self.encoder = Student.from_spec(self.backbone_spec)

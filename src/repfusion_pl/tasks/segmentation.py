@@ -18,6 +18,7 @@ from repfusion_pl.students import BackboneSpec, Student, use_cifar_stem
 from repfusion_pl.students.weights import BackboneWeights, load_backbone_weights
 from repfusion_pl.tasks.base import BaseTask
 from repfusion_pl.tasks.bisenet import BiSeNetV1
+from repfusion_pl.tasks.protocol import FineTuneProtocol
 
 
 class SegmentationTask(BaseTask):
@@ -46,6 +47,7 @@ class SegmentationTask(BaseTask):
         optimizer: Optimiser factory; default AdamW(lr=1e-3).
         lr_scheduler: Scheduler factory; default none.
         schedule: The scheduler's interval and a linear warm-up; see `BaseTask`.
+        protocol: Lower backbone rate, layer-wise decay or LP-FT; see `FineTuneProtocol`.
     """
 
     #: smp encoders are built for ImageNet-size inputs: their own stem unless told otherwise.
@@ -66,6 +68,7 @@ class SegmentationTask(BaseTask):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         schedule: LRSchedule | None = None,
+        protocol: FineTuneProtocol | None = None,
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
@@ -73,7 +76,9 @@ class SegmentationTask(BaseTask):
         self.decoder_args, self.aux_weight = dict(decoder_args or {}), aux_weight
         self.dice_weight = dice_weight
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
-        super().__init__(backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule)
+        super().__init__(
+            backbone, backbone_weights, freeze_backbone, optimizer, lr_scheduler, schedule, protocol
+        )
 
     def configure_models(self) -> None:
         spec = self.backbone_spec
