@@ -89,7 +89,7 @@ artifacts/fashion-teacher/unet/config.json: configs/fashion-teacher.yaml | $(STA
 fashion-teacher: artifacts/fashion-teacher/unet/config.json
 
 # Does distillation beat random init on real data? Fashion-MNIST with the GPU-trained teacher shipped in
-# benchmarks/teachers/fashion-32, CPU profile (about 55 minutes here).
+# benchmarks/teachers/fashion-32, CPU profile (benchmarks/quality.py's docstring says how it is sized).
 quality: $(STAMP) fashion-mnist
 	$(PY) benchmarks/quality.py --profile cpu
 

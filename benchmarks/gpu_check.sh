@@ -7,13 +7,23 @@
 # then a short table (summary.md), printed last. Each section has its own time limit and a log; one
 # that fails or runs out is reported as missing and the rest still run. Installs nothing.
 #
-# Usage: bash benchmarks/gpu_check.sh OUT [--dry-run]
+# Usage: bash benchmarks/gpu_check.sh [--dry-run] OUT   (the flag before or after OUT)
 #   --dry-run: the same sections on the CPU with tiny sizes (well under 2 minutes); a test runs it.
-# On a GPU machine without the package installed: source .device-carry/env.sh first (it puts src/
-# and benchmarks/ on PYTHONPATH); PY picks .venv/bin/python when there is one, else python3.
+# The machine needs this project's dependencies (a venv from `make install`, or the CUDA build of
+# torch and `pip install -e .`); src/ and benchmarks/ go on PYTHONPATH here, and PY picks .venv/bin/python when
+# there is one, else python3.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu_check.sh OUT [--dry-run]}
-dry=${2:-}
+usage="usage: bash benchmarks/gpu_check.sh [--dry-run] OUT  (flags before or after OUT)"
+out="" dry=""
+for arg in "$@"; do  # flags in any order; anything else unknown stops here, before a file is written
+  case "$arg" in
+    --dry-run) dry=--dry-run ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) echo "unknown option $arg; $usage" >&2; exit 2 ;;
+    *) if [[ -n "$out" ]]; then echo "two output folders ($out, $arg); $usage" >&2; exit 2; fi; out=$arg ;;
+  esac
+done
+if [[ -z "$out" ]]; then echo "$usage" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

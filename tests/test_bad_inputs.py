@@ -411,7 +411,7 @@ CASES = [
         "recipe without its teacher",
         recipe_without_its_teacher,
         r"ddpm-never-cached",
-        r"huggingface-cli download",
+        r"hf download",
     ),
     (
         "a teacher folder of no known layout",

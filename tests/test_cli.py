@@ -242,7 +242,6 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
         "fit",
         "validate",
         "test",
-        "predict",
         "probe",
         "cache",
         "export",
@@ -252,9 +251,7 @@ def test_help_lists_every_subcommand_with_a_line(capsys):
         assert re.search(rf"^\s+{name}\s+{re.escape(subcommand.summary[:30])}", printed, re.M), name
 
 
-@pytest.mark.parametrize(
-    "name", ["fit", "validate", "test", "predict", "probe", "cache", "export", "convert-adm"]
-)
+@pytest.mark.parametrize("name", ["fit", "validate", "test", "probe", "cache", "export", "convert-adm"])
 def test_every_subcommand_has_its_own_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])

@@ -98,7 +98,9 @@ def test_the_batch_rule_scales_every_rate_to_the_global_batch(tmp_path, rule, fa
 
 
 def test_a_batch_rule_without_a_batch_size_to_read_is_refused(tmp_path):
-    task = ClassificationTask(2, backbone=BackboneSpec(in_channels=1), schedule=LRSchedule(reference_batch=64))
+    task = ClassificationTask(
+        2, backbone=BackboneSpec(in_channels=1), schedule=LRSchedule(reference_batch=64)
+    )
     data = DataLoader(TensorDataset(torch.rand(4, 1, 8, 8), torch.randint(0, 2, (4,))), batch_size=2)
     with pytest.raises(ValueError, match=r"no integer batch_size.*reference_batch: null"):
         quiet_trainer(tmp_path, max_steps=1).fit(task, data)

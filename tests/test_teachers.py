@@ -44,7 +44,7 @@ def test_loads_hub_id_offline_from_local_cache(offline_hf_cache, rgb_teacher_dir
 
 
 def test_uncached_hub_id_fails_with_the_fix(offline_hf_cache):
-    with pytest.raises(FileNotFoundError, match=r"huggingface-cli download google/ddpm-ema-celebahq-256"):
+    with pytest.raises(FileNotFoundError, match=r"hf download google/ddpm-ema-celebahq-256"):
         DiffusionTeacher("google/ddpm-ema-celebahq-256")
 
 

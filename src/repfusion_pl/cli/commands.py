@@ -16,12 +16,17 @@ from repfusion_pl.probing.report import DISTILL_CONFIG
 from repfusion_pl.students import Student, export_backbone
 
 
-def export_command(args: Sequence[str]) -> None:
-    """``repfusion export CHECKPOINT OUTPUT.safetensors``: write the student backbone for reuse."""
+def export_parser() -> ArgumentParser:
+    """The arguments of ``repfusion export``."""
     parser = ArgumentParser(prog="repfusion export", description=EXPORT_HELP)
     parser.add_argument("checkpoint", type=str, help="a RepFusionDistillation checkpoint (.ckpt)")
     parser.add_argument("output", type=str, help="the .safetensors file to write")
-    parsed = parser.parse_args(list(args))
+    return parser
+
+
+def export_command(args: Sequence[str]) -> None:
+    """``repfusion export CHECKPOINT OUTPUT.safetensors``: write the student backbone for reuse."""
+    parsed = export_parser().parse_args(list(args))
     print(f"wrote {export_backbone(parsed.checkpoint, parsed.output)}")
 
 

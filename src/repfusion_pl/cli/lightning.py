@@ -1,4 +1,4 @@
-"""The LightningCLI subcommands (fit/validate/test/predict) as ``repfusion`` runs them.
+"""The LightningCLI subcommands (fit/validate/test) as ``repfusion`` runs them.
 
 ``fit --ckpt_path CKPT`` without a config rebuilds the run from the config stored in CKPT
 (`with_checkpoint_config`); a configuration error ends in one message with the fix.

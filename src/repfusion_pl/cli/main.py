@@ -1,4 +1,4 @@
-"""The ``repfusion`` command: LightningCLI's fit/validate/test/predict, plus probe, export and convert-adm.
+"""The ``repfusion`` command: LightningCLI's fit/validate/test, plus probe, export, cache and convert-adm.
 
 ``repfusion --help`` lists every subcommand; each has its own ``--help``.
 """
@@ -39,7 +39,6 @@ SUBCOMMANDS = {
     "fit": Subcommand("train a model: distillation, a teacher, or a downstream task", _lightning("fit")),
     "validate": Subcommand("run one evaluation epoch on the validation split", _lightning("validate")),
     "test": Subcommand("evaluate on the test split", _lightning("test")),
-    "predict": Subcommand("run the model's predict_step over the predict split", _lightning("predict")),
     "probe": Subcommand(
         "linear-probe a teacher's layers x timesteps against a random-init student", probe_command
     ),

@@ -46,7 +46,7 @@ def resolve_hub_id(source: str, revision: str | None) -> Path:
         raise FileNotFoundError(
             f"teacher {source!r} is neither a local path (no folder {local}; a `repfusion convert-adm` "
             "output must be written first) nor a hub id in the local Hugging Face cache (this package "
-            f"never downloads). Fetch it once on a machine with network, e.g. `huggingface-cli download "
+            f"never downloads). Fetch it once on a machine with network, e.g. `hf download "
             f"{source}`, then copy the cache (HF_HUB_CACHE) here, or point `source` at a local diffusers "
             "directory."
         ) from err

@@ -197,8 +197,8 @@ CONVERT_ADM_HELP = (
 )
 
 
-def convert_adm_command(args: Sequence[str]) -> None:
-    """``repfusion convert-adm CHECKPOINT OUT_DIR --config PRESET``; a refused conversion exits with 2."""
+def convert_adm_parser() -> argparse.ArgumentParser:
+    """The arguments of ``repfusion convert-adm``."""
     parser = argparse.ArgumentParser(prog="repfusion convert-adm", description=CONVERT_ADM_HELP)
     parser.add_argument("checkpoint", help="the guided-diffusion .pt state dict")
     parser.add_argument("out_dir", help="the folder to create (absent or empty)")
@@ -208,6 +208,12 @@ def convert_adm_command(args: Sequence[str]) -> None:
         "--config", choices=list(ADM_PRESETS), metavar="PRESET", help=f"a released model: {presets}"
     )
     which.add_argument("--config_json", metavar="FILE", help="any other: a JSON object of AdmConfig fields")
+    return parser
+
+
+def convert_adm_command(args: Sequence[str]) -> None:
+    """``repfusion convert-adm CHECKPOINT OUT_DIR --config PRESET``; a refused conversion exits with 2."""
+    parser = convert_adm_parser()
     parsed = parser.parse_args(list(args))
     try:
         config = parsed.config or AdmConfig.from_json(parsed.config_json)
