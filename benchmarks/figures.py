@@ -86,6 +86,11 @@ def figure(expression: str, spec: str, results_dir: Path) -> str:
 
 def render(text: str, results_dir: Path = RESULTS) -> str:
     """``text`` with every table and figure mark filled from its results file."""
+    for opening, mark in (("<!-- fig ", FIGURE), ("<!-- results: ", TABLE)):
+        if text.count(opening) != len(mark.findall(text)):  # e.g. a mark wrapped across lines
+            raise SystemExit(
+                f"a {opening.strip()} mark is malformed or wrapped across lines: keep each on one line"
+            )
     text = TABLE.sub(lambda m: m.group(1) + table(m.group("name"), results_dir) + m.group(4), text)
     return FIGURE.sub(
         lambda m: m.group(1) + figure(m.group("expr"), m.group("spec"), results_dir) + m.group(5),

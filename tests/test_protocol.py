@@ -151,3 +151,30 @@ def test_a_protocol_in_yaml_runs_through_the_cli(gray_cifar_checkpoint, tmp_path
     )  # fmt: skip
     saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
     assert saved["model"]["init_args"]["protocol"] == {**protocol, "layers": None}
+
+
+def test_lp_ft_holds_the_backbone_after_a_mid_epoch_resume(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.rand(12, 1, 16, 16), torch.tensor([0, 1, 2] * 4)), batch_size=4)
+    task = ClassificationTask(3, backbone=GRAY, protocol=FineTuneProtocol(probe_epochs=1))
+    start = {k: v.clone() for k, v in task.encoder.backbone.state_dict().items()}
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    quiet_trainer(tmp_path, max_epochs=2, max_steps=1, callbacks=[saver], enable_checkpointing=True).fit(
+        task, data
+    )
+    checkpoint = next((tmp_path / "ckpt").glob("*.ckpt"))
+    resumed = ClassificationTask(3, backbone=GRAY, protocol=FineTuneProtocol(probe_epochs=1))
+    snapshot = Snapshot()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[snapshot])
+    trainer.fit(resumed, data, ckpt_path=checkpoint)  # restarts inside epoch 0: no on_train_epoch_start
+    assert all(torch.equal(value, start[key]) for key, value in snapshot.backbone[0].items())
+
+
+def test_layer_decay_over_one_wrapped_module_asks_for_the_layers():
+    wrapped = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
+    with pytest.raises(ValueError, match=r"single layer in Sequential; name the layers .* protocol.layers"):
+        backbone_lr_scales(FineTuneProtocol(layer_decay=0.5), wrapped)
+    scales = backbone_lr_scales(FineTuneProtocol(layer_decay=0.5, layers=["0.0", "0.1"]), wrapped)
+    assert scales["0.0.weight"] == pytest.approx(0.25) and scales["0.1.weight"] == pytest.approx(0.5)

@@ -139,3 +139,19 @@ def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir
     ]
     # The base configs' checkpoint callbacks were dropped: the main job's outputs are untouched.
     assert [p.stat().st_mtime for p in before] == mtimes
+
+
+def test_protocols_for_a_column_the_study_lacks_are_refused():
+    from types import SimpleNamespace
+
+    from study.protocols import choose_protocols
+
+    settings = [
+        Setting("100 labels/class", {"trainer": {"max_epochs": 5}}),
+        Setting("linear probe, all labels"),
+    ]
+    comparison = SimpleNamespace(
+        settings=settings, protocols={"10 labels/class": {"one rate": {}}}, seeds=[0]
+    )
+    with pytest.raises(ValueError, match=r"protocols for \['10 labels/class'\], which are not fine-tuning"):
+        choose_protocols(comparison, {"random init": [None]}, bar=None)

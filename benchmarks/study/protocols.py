@@ -57,6 +57,12 @@ def choose_protocols(comparison: Any, students: dict[str, list[Path | None]], ba
     """
     selection: dict[str, dict] = {}
     first = {arm: runs[0] for arm, runs in students.items()}
+    columns = {setting.name for setting in comparison.settings if setting.classify is not None}
+    unknown = set(comparison.protocols or {}) - columns
+    if unknown:
+        raise ValueError(
+            f"protocols for {sorted(unknown)}, which are not fine-tuning columns: {sorted(columns)}"
+        )
     for index, setting in enumerate(comparison.settings):
         candidates = (comparison.protocols or {}).get(setting.name)
         if not candidates or setting.classify is None:
@@ -88,7 +94,8 @@ def selection_table(selection: dict[str, dict]) -> str:
         arms = list(next(iter(record["validation"].values())))
         lines += [
             f"\n**{column}**: chosen *{record['chosen']}* (validation accuracy, %, fine-tuning seed "
-            f"{record['seed']})\n",
+            f"{record['seed']}; the validation split is fully labelled, and an LP-FT candidate trains "
+            "its head-only epochs on top of the column's)\n",
             "| protocol | " + " | ".join(arms) + " | mean |",
             "|" + "---|" * (len(arms) + 2),
         ]

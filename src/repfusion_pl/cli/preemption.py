@@ -2,8 +2,9 @@
 
 Lightning already turns SIGTERM into an exception at the next step boundary, on every rank at the
 same step (`SIGTERMException`), and calls ``on_exception`` on the callbacks; this callback saves the
-checkpoint there and says how to resume. SIGUSR1 is forwarded to SIGTERM unless Lightning's own
-SLURM handling (auto-requeue) has claimed it.
+checkpoint there and says how to resume. SIGUSR1 (SLURM's warning before the time limit) is
+forwarded to SIGTERM unless a handler was set before the fit; it is taken before Lightning registers
+its SLURM auto-requeue handler, so that a job script requeues on exit 143 and resumes exactly.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ class Preemption(Callback):
     """Save ``last.ckpt`` at the step boundary after SIGTERM or SIGUSR1, then stop with the resume command.
 
     Added by the ``repfusion`` command to every fit. ``repfusion fit --ckpt_path <it>`` continues
-    from that step (weights, optimiser, schedulers, loops, RNG streams); the rest of an interrupted
-    epoch is then drawn afresh rather than exactly as an uninterrupted run would have drawn it
-    (the data loaders keep no position yet).
+    from that step (weights, optimiser, schedulers, loops, RNG streams, and the training loader's
+    position, so the rest of the interrupted epoch comes as an uninterrupted run would draw it).
     """
 
     def __init__(self) -> None:
@@ -48,7 +48,7 @@ class Preemption(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # SLURM's handler stays if set
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # a handler set before the fit stays
             signal.signal(signal.SIGUSR1, _forward_to_sigterm)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

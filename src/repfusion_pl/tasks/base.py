@@ -138,8 +138,18 @@ class BaseTask(LightningModule):
             self.backbone_module().eval()
         return self
 
-    def on_train_epoch_start(self) -> None:
-        self.train()  # LP-FT's last head-only epoch has passed: the backbone's BatchNorm learns again
+    def hold_backbone(self) -> None:
+        """The backbone in eval mode while it is held (its BatchNorm statistics fixed), else training."""
+        if self.training:
+            self.backbone_module().train(not self.probing)
+
+    def on_train_start(self) -> None:
+        # A mid-epoch resume skips on_train_epoch_start, and a fresh module's backbone is training.
+        self.hold_backbone()
+        # Here, once the training data is set up: asking for the run's length any earlier would set
+        # it up before a resume restores the random streams.
+        check_warmup_fits(self.schedule, self.trainer)
+        self.check_protocol_fits()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.probing and not self.freeze_backbone:
@@ -175,10 +185,11 @@ class BaseTask(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def on_train_start(self) -> None:
-        # Here, once the training data is set up: asking for the run's length any earlier would set
-        # it up before a resume restores the random streams.
-        check_warmup_fits(self.schedule, self.trainer)
+    def on_train_epoch_start(self) -> None:
+        self.hold_backbone()  # after LP-FT's last head-only epoch the backbone's BatchNorm learns again
+
+    def check_protocol_fits(self) -> None:
+        """Refuse LP-FT's head-only epochs when the run has no more epochs than them."""
         epochs = self.trainer.max_epochs
         if self.protocol.probe_epochs and (
             epochs is None or epochs < 0 or self.protocol.probe_epochs >= epochs

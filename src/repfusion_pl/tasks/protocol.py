@@ -104,6 +104,11 @@ def backbone_lr_scales(protocol: FineTuneProtocol, backbone: nn.Module) -> dict[
         return dict.fromkeys(names, protocol.backbone_lr_scale)
     layers = named_layers(backbone, protocol.layers) if protocol.layers else default_layers(backbone)
     depth = len(layers)
+    if depth < 2:  # e.g. smp's `tu-` encoders: one wrapped module, so no depth to decay over
+        raise ValueError(
+            f"layer_decay found a single layer in {type(backbone).__name__}; name the layers it steps "
+            f"over in protocol.layers (its modules: {[n for n, _ in backbone.named_children()]} and below)"
+        )
     scales = {
         name: protocol.backbone_lr_scale * protocol.layer_decay ** (depth - index)
         for index, layer in enumerate(layers)
