@@ -59,7 +59,7 @@ def test_the_gpu_profile_dry_run_distils_every_arm_twice_from_the_shipped_teache
     assert all(len(scores) == 5 for scores in record["validation"].values())
     means = {name: np.mean(list(scores.values())) for name, scores in record["validation"].items()}
     assert record["chosen"] == max(means, key=means.get)
-    assert "chosen on validation" in markdown
+    assert "chosen on validation" in (results / "quality-gpu-dry-run-protocols.md").read_text()
     # The test runs then use it: their configs carry the chosen protocol, and no validation run does.
     chosen = {
         "one rate": None,

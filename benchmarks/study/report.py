@@ -160,7 +160,7 @@ def plot_monitor_curves(result: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
-    """Write ``<name>.json``, ``<name>.md`` and a grouped bar plot ``<name>.png``."""
+    """Write ``<name>.json``, ``.md``, a grouped bar plot ``.png``, and ``<name>-protocols.md`` if chosen."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,12 +169,12 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: results_dir / f"{result['name']}.{kind}" for kind in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(result, indent=2))
-    chosen = ""
-    if "protocols" in result:
-        chosen = (
-            "\n## Fine-tuning protocol, chosen on validation\n" + selection_table(result["protocols"]) + "\n"
-        )
-    paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n" + chosen)
+    paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n")
+    if "protocols" in result:  # its own file: the README quotes the table above alone
+        paths["protocols"] = results_dir / f"{result['name']}-protocols.md"
+        chosen = selection_table(result["protocols"]).lstrip("\n")
+        title = f"# {result['name']}: the fine-tuning protocol, chosen on validation"
+        paths["protocols"].write_text(f"{title}\n\n{chosen}\n")
     arms, settings = list(result["scores"]), result["settings"]
     width = 0.8 / len(arms)
     fig, axis = plt.subplots(figsize=(2.2 * len(settings) + 2, 3.6))
