@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from study import Setting, merge, run_study
+from study import Setting, markdown_table, merge, run_study, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "benchmarks" / "teachers" / "fashion-32"
@@ -182,7 +182,14 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="the same pipeline, tiny, on the CPU")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: artifacts/quality-<profile>")
+    parser.add_argument("--report", action="store_true", help="rewrite the tables and plots from the JSON")
     args = parser.parse_args()
+    if args.report:
+        stem = f"quality-{args.profile}" + ("-dry-run" if args.dry_run else "")
+        result = json.loads((args.results_dir / f"{stem}.json").read_text())
+        write_results(result, args.results_dir)
+        print(markdown_table(result))
+        return
     profile = PROFILES[args.profile]
     if args.dry_run:  # merged, but its own fine-tuning columns (a dict would merge with the profile's)
         profile = {**merge(profile, DRY_RUN), "finetune_epochs": DRY_RUN["finetune_epochs"]}

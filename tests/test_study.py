@@ -155,3 +155,12 @@ def test_protocols_for_a_column_the_study_lacks_are_refused():
     )
     with pytest.raises(ValueError, match=r"protocols for \['10 labels/class'\], which are not fine-tuning"):
         choose_protocols(comparison, {"random init": [None]}, bar=None)
+
+
+def test_the_summary_gives_each_arm_its_gap_to_random_init_in_points_and_sigma():
+    from study.report import summary
+
+    result = {"scores": {"random init": {"a": [0.6, 0.7]}, "x": {"a": [0.8, 0.8]}}}
+    rows = summary(result)
+    assert rows["random init"]["a"] == {"mean": 65.0, "std": 7.07}
+    assert rows["x"]["a"] == {"mean": 80.0, "std": 0.0, "gap": 15.0, "gap_sigma": 2.12}

@@ -159,6 +159,28 @@ def plot_monitor_curves(result: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def summary(result: dict[str, Any], baseline: str = "random init") -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm and setting: mean and std (%), and the gap to ``baseline`` in points and in σ.
+
+    σ is the larger of the two spreads (over fine-tuning and, for a distilled arm, distillation
+    seeds): a gap "beyond 2σ" then clears both arms' spreads.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    base = result["scores"].get(baseline, {})
+    for arm, per_setting in result["scores"].items():
+        out[arm] = {}
+        for setting, values in per_setting.items():
+            mean, std = mean_std(values)
+            row = {"mean": round(100 * mean, 2), "std": round(100 * std, 2)}
+            if arm != baseline and setting in base:
+                base_mean, base_std = mean_std(base[setting])
+                sigma = max(std, base_std)
+                row["gap"] = round(100 * (mean - base_mean), 2)
+                row["gap_sigma"] = round((mean - base_mean) / sigma, 2) if sigma > 0 else 0.0
+            out[arm][setting] = row
+    return out
+
+
 def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
     """Write ``<name>.json``, ``.md``, a grouped bar plot ``.png``, and ``<name>-protocols.md`` if chosen."""
     import matplotlib
@@ -168,6 +190,7 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
 
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: results_dir / f"{result['name']}.{kind}" for kind in ("json", "md", "png")}
+    result["summary"] = summary(result)
     paths["json"].write_text(json.dumps(result, indent=2))
     paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n")
     if "protocols" in result:  # its own file: the README quotes the table above alone
