@@ -10,7 +10,13 @@ from mkdocs.structure.files import File, Files
 
 #: Figures the manual shows, served from the benchmarks' results folder (not copied into docs/).
 RESULTS = Path(__file__).resolve().parent / "benchmarks" / "results"
-SHOWN = ("policy-landscape.png", "policy-settle.png", "policy-distill.png")
+SHOWN = (
+    "policy-landscape.png",
+    "policy-settle.png",
+    "policy-distill.png",
+    "quality-cpu.png",
+    "quality-cpu-monitor.png",
+)
 
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 
