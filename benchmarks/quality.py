@@ -16,13 +16,13 @@ Profiles (both 28x28 images padded to 32, the shipped teacher's size):
 * ``gpu``: sized for one 8-minute call on one H100/H200 (bf16): 20,000 images distilled for 8 epochs
   per arm, all four arms, two distillation seeds, batches cut on the GPU, the dense loss
   (`DenseMSELoss`, which beat the pooled one on the CPU: ``benchmarks/results/fixed-t-dense.md``);
-* ``cpu``: about 110 minutes on 2 CPU cores (the committed run's ``seconds``): the two arms the targets compare (the policy with
-  configs/distill.yaml's settled setting, and the best fixed t), the dense loss, two distillation
-  seeds each, 4,000 images for 4 epochs, the probe at two timesteps; chosen from measured speeds on
-  this project's CPU (teacher forward to the decoder 36 img/s, distillation step 21 img/s, ResNet-18
-  training step 54 img/s, feature pass 182 img/s, 32 px, batch 64): 4 distillations (~32 min), the
-  protocol choice (3 candidates x 3 backbones x 2 columns, ~25 min), 5 backbones x 3 seeds x 2
-  columns of fine-tuning (~40 min).
+* ``cpu``: about 110 minutes on 2 CPU cores (the committed run's ``seconds``): the two arms the
+  targets compare (the policy with configs/distill.yaml's settled setting, and the best fixed t), the
+  dense loss, two distillation seeds each, 4,000 images for 4 epochs, the probe at two timesteps;
+  chosen from measured speeds on this project's CPU (teacher forward to the decoder 36 img/s,
+  distillation step 21 img/s, ResNet-18 training step 54 img/s, feature pass 182 img/s, 32 px, batch
+  64): 4 distillations (~45 min), the protocol choice (3 candidates x 3 backbones x 2 columns, ~25
+  min), 5 backbones x 3 seeds x 2 columns of fine-tuning (~40 min).
 
 Both profiles choose the fine-tuning protocol per column on the validation split (one rate; the
 backbone at 0.1x; LP-FT then 0.1x: `protocol_candidates`) and fine-tune every backbone, random init
