@@ -134,8 +134,7 @@ class BaseTask(LightningModule):
     def train(self, mode: bool = True) -> BaseTask:
         """Switch modes, keeping a held backbone in eval mode so its BatchNorm statistics stay put."""
         super().train(mode)
-        if self.probing:
-            self.backbone_module().eval()
+        self.hold_backbone()
         return self
 
     def hold_backbone(self) -> None:
