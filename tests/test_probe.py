@@ -52,10 +52,16 @@ def test_probe_command_writes_table_heatmap_and_configs_that_fit_accepts(gray_te
             '["down_blocks.0.resnets.0", "mid_block.resnets.1.conv2"]',
             "--out_dir",
             str(out),
+            "--logger",  # the heatmap also goes to a logger's own API (tests/test_logged_figures.py)
+            f"{{class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {{save_dir: {out}}}}}",
         ]
     )
     printed = capsys.readouterr().out
     assert "random-init resnet18" in printed and "best:" in printed
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "lightning_logs" / "version_0")).Reload()
+    assert "figures/probe" in events.Tags()["images"]
     result = json.loads((out / "probe.json").read_text())
     # Two layers and their concatenation, at two timesteps.
     assert len(result["rows"]) == 6 and 0 <= result["best"]["val_acc"] <= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -21,6 +20,7 @@ from repfusion_pl.distillation.capture import StepCapture
 from repfusion_pl.distillation.finite import NonFiniteWatch
 from repfusion_pl.distillation.losses import FeatureLoss, PooledMSELoss
 from repfusion_pl.distillation.projectors import build_projectors, pair_names
+from repfusion_pl.distillation.record import run_record
 from repfusion_pl.distillation.rng import RandomStreams
 from repfusion_pl.distillation.targets import (
     RewardReads,
@@ -270,11 +270,11 @@ class RepFusionDistillation(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.non_finite.check()  # never a checkpoint of a run that has diverged
-        saved_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # The run's record (time, versions, data, loss) feeds the model card of an export.
         checkpoint[PROVENANCE_KEY] = {
             **self.provenance(),
             "sampler": self.sampler.summary(),
-            "saved_at": saved_at,
+            **run_record(self),
         }
         checkpoint[RNG_KEY] = self.rng.state_dict(self.trainer.world_size)  # runs on every rank
 

@@ -5,24 +5,30 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
+from repfusion_pl.logged_figures import log_histogram, save_figure
 from repfusion_pl.teachers import CachedTeacher, DiffusionTeacher
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class TimestepTelemetry(Callback):
     """Count the timesteps drawn in every training epoch, across all ranks.
 
     Reads the ``timesteps`` that `RepFusionDistillation.training_step` returns next to its loss.
-    Each epoch adds a TensorBoard histogram (``train/timesteps``) and a row to `history`; at the end
-    of ``fit``, ``timestep_counts.json`` and ``timesteps.png`` (how the choice evolved) are written to
-    the logger's folder. The history is callback state, so a resumed run continues it.
+    Each epoch adds a row to `history` and, for a TensorBoard logger, a histogram (``train/timesteps``);
+    at the end of ``fit``, ``timestep_counts.json`` and ``timesteps.png`` (how the choice evolved) are
+    written to the logger's folder, and the figure goes to every configured logger as
+    ``figures/timesteps`` (`repfusion_pl.logged_figures`). The history is callback state, so a resumed
+    run continues it.
     `RepFusionDistillation` adds this callback itself unless the trainer already has one.
 
     Args:
@@ -76,10 +82,9 @@ class TimestepTelemetry(Callback):
         counts = gathered.sum(0) if gathered.dim() > 1 else gathered
         self.history.append(counts.long().tolist())
         self._counts = None  # the epoch is in the history now; a checkpoint from here has no partial counts
-        logger = trainer.logger
-        if isinstance(logger, TensorBoardLogger) and counts.sum() > 0:
+        if counts.sum() > 0 and trainer.is_global_zero:
             values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
-            logger.experiment.add_histogram("train/timesteps", values, trainer.current_epoch)
+            log_histogram(trainer.loggers, "train/timesteps", values, trainer.current_epoch)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks, before rank 0 writes
@@ -90,7 +95,9 @@ class TimestepTelemetry(Callback):
         record = {"num_train_timesteps": len(self.history[-1]), "per_epoch": self.history}
         (folder / "timestep_counts.json").write_text(json.dumps(record))
         if self.plot:
-            plot_timestep_evolution(self.history, folder / "timesteps.png")
+            plot_timestep_evolution(
+                self.history, folder / "timesteps.png", loggers=trainer.loggers, step=trainer.global_step
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "epoch_counts": self._epoch_counts_so_far()}
@@ -110,17 +117,30 @@ class TimestepTelemetry(Callback):
         self._restored_counts = state_dict.get("epoch_counts")
 
 
-def plot_timestep_evolution(per_epoch: Sequence[Sequence[int]], path: str | Path, bins: int = 50) -> Path:
+def plot_timestep_evolution(
+    per_epoch: Sequence[Sequence[int]],
+    path: str | Path,
+    bins: int = 50,
+    loggers: Sequence[Logger] = (),
+    step: int | None = None,
+) -> Path:
     """Save a PNG of the chosen-timestep distribution per epoch, with its mean and spread.
 
     Args:
         per_epoch: For each epoch, how often each timestep 0..T-1 was drawn.
         path: Where to write the PNG.
         bins: Timestep bins along the x axis.
+        loggers: Loggers to send the figure to as well, as ``figures/timesteps``.
+        step: The global step it belongs to, for the loggers.
 
     Returns:
         The written path.
     """
+    return save_figure(timestep_figure(per_epoch, bins), path, loggers, "figures/timesteps", step)
+
+
+def timestep_figure(per_epoch: Sequence[Sequence[int]], bins: int = 50) -> Figure:
+    """The chosen-timestep distribution per epoch (a heatmap of binned shares) beside its mean and spread."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,8 +169,4 @@ def plot_timestep_evolution(per_epoch: Sequence[Sequence[int]], path: str | Path
     right.set(xlabel="epoch", ylabel="timestep t", ylim=(0, num_timesteps), title="mean and spread")
     right.legend(loc="upper right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -228,6 +229,7 @@ def probe_teacher(
     layer_sets: Sequence[Sequence[str]] | None = None,
     accelerator: Accelerator = "auto",
     precision: Precision = "32",
+    loggers: Sequence[Logger] = (),
 ) -> dict[str, Any]:
     """The probe as ``repfusion probe`` runs it: grid, random-init bar, report and distillation configs.
 
@@ -244,6 +246,7 @@ def probe_teacher(
         layer_sets: Concatenations to probe too; default `default_layer_sets`.
         accelerator: ``auto`` (the GPU when PyTorch sees one), ``cpu`` or ``gpu``.
         precision: The feature passes' precision, ``32`` or ``bf16``.
+        loggers: Loggers that also receive the heatmap, as ``figures/probe``.
 
     Returns:
         What `run_probe` returns, with ``"files"``: the written paths by kind.
@@ -263,7 +266,7 @@ def probe_teacher(
         accelerator=accelerator,
         precision=precision,
     )
-    files = write_report(result, out_dir)
+    files = write_report(result, out_dir, loggers)
     spec, callbacks = student.backbone_spec.as_dict(), base_callbacks(distill_config)
     overrides = distill_overrides(result, data_config, spec, num_classes, out_dir, callbacks)
     files.update(write_distill_overrides(overrides, result, out_dir, distill_config))

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from lightning.pytorch.loggers import Logger
+
+from repfusion_pl.logged_figures import save_figure
 
 #: The distillation config the probe's overrides apply to.
 DISTILL_CONFIG = "configs/distill.yaml"
@@ -36,8 +39,13 @@ def short_name(name: str) -> str:
     return name if len(layers) == 1 else f"concat of {len(layers)}: {layers[0]}, ..."
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``probe.csv``, ``probe.json`` and the ``probe.png`` heatmap (validation accuracy)."""
+def write_report(
+    result: dict[str, Any], out_dir: str | Path, loggers: Sequence[Logger] = ()
+) -> dict[str, Path]:
+    """Write ``probe.csv``, ``probe.json`` and the ``probe.png`` heatmap (validation accuracy).
+
+    The heatmap also goes to ``loggers`` as ``figures/probe`` (`repfusion_pl.logged_figures`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,8 +77,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     axis.set_title(f"linear-probe val accuracy of {result['teacher']}{bar}", fontsize=9)
     fig.colorbar(image, ax=axis, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(paths["png"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths["png"], loggers, "figures/probe")
     return paths
 
 

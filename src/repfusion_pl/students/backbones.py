@@ -1,18 +1,18 @@
-"""Student backbones from torchvision or timm, with CIFAR stems, any input channels and feature taps."""
+"""Backbones from torchvision or timm: CIFAR stems, any input channels, random or pretrained weights."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torchvision
-from torch import Tensor, nn
+from torch import nn
 
-from repfusion_pl.students.taps import FeatureTaps
+from repfusion_pl.students.pretrained import timm_weights_file, torchvision_weights
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 _DEFAULT_TORCHVISION_TAP = {
@@ -55,8 +55,8 @@ class BackboneSpec:
         return dataclasses.asdict(self)
 
 
-def replace_first_conv(model: nn.Module, in_channels: int, kernel_size: int, stride: int) -> None:
-    """Swap the first convolution for a fresh one (same width) with other channels, kernel or stride.
+def first_conv_path(model: nn.Module) -> str:
+    """The dotted path of the model's first convolution (one of `FIRST_CONV_PATHS`).
 
     Raises:
         ValueError: When the model has none of the known first-convolution paths.
@@ -68,11 +68,29 @@ def replace_first_conv(model: nn.Module, in_channels: int, kernel_size: int, str
             f"no stem recipe for {type(model).__name__}: none of {FIRST_CONV_PATHS} is a convolution; "
             "use stem: imagenet and the library's in_chans"
         )
+    return path
+
+
+def replace_first_conv(model: nn.Module, in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    """Swap the first convolution for a fresh one (same width) with other channels, kernel or stride.
+
+    Returns:
+        The convolution it replaced.
+
+    Raises:
+        ValueError: When the model has none of the known first-convolution paths.
+    """
+    path = first_conv_path(model)
+    modules = dict(model.named_modules())
     parent_path, _, name = path.rpartition(".")
     parent = modules[parent_path] if parent_path else model
-    width = modules[path].out_channels
-    conv = nn.Conv2d(in_channels, width, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+    old = modules[path]
+    assert isinstance(old, nn.Conv2d)
+    conv = nn.Conv2d(
+        in_channels, old.out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+    )
     setattr(parent, name, conv)
+    return old
 
 
 def use_cifar_stem(model: nn.Module, in_channels: int, stride: int = 1) -> None:
@@ -88,7 +106,11 @@ def use_cifar_stem(model: nn.Module, in_channels: int, stride: int = 1) -> None:
                 holder.maxpool = nn.Identity()  # type: ignore[union-attr]
 
 
-def _torchvision_backbone(spec: BackboneSpec) -> nn.Module:
+#: Said when pretrained weights meet the CIFAR stem: what is kept and what is not.
+FRESH_STEM = "first conv fresh: the cifar stem's random 3x3 stride-1 conv replaces the pretrained one"
+
+
+def _torchvision_backbone(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, str | None]:
     if spec.arch not in TORCHVISION_ARCHS:
         near = difflib.get_close_matches(spec.arch, TORCHVISION_ARCHS, n=3, cutoff=0.3)
         raise ValueError(
@@ -97,128 +119,93 @@ def _torchvision_backbone(spec: BackboneSpec) -> nn.Module:
             + ", or set library: timm for any timm model"
         )
     model = getattr(torchvision.models, spec.arch)(weights=None)
+    init = None
+    if pretrained:
+        state, name = torchvision_weights(spec.arch)
+        model.load_state_dict(state, strict=True)  # the whole model, head included: nothing is skipped
+        init = f"torchvision {name}"
     if spec.arch.startswith("resnet"):
         model.fc = nn.Identity()
     else:
         model.classifier = nn.Identity()
     if spec.stem == "cifar":
         use_cifar_stem(model, spec.in_channels)
+        init = init and f"{init}; {FRESH_STEM}"
     elif spec.in_channels != 3:  # the library's stem, other input channels
         kernel, stride = (7, 2) if spec.arch.startswith("resnet") else (3, 2)
-        replace_first_conv(model, spec.in_channels, kernel, stride)
-    return model
+        old = replace_first_conv(model, spec.in_channels, kernel, stride)
+        if pretrained:  # as timm does for in_chans: RGB filters summed (1 channel) or tiled
+            from timm.models import adapt_input_conv
+
+            with torch.no_grad():
+                model.get_submodule(first_conv_path(model)).weight.copy_(
+                    adapt_input_conv(spec.in_channels, old.weight)
+                )
+            init = f"{init}; first conv adapted to {spec.in_channels} channels (timm's adapt_input_conv)"
+    return model, init
 
 
-def _timm_backbone(spec: BackboneSpec) -> nn.Module:
+def _timm_backbone(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, str | None]:
     import timm
 
-    try:
-        model = timm.create_model(spec.arch, pretrained=False, num_classes=0, in_chans=spec.in_channels)
-    except RuntimeError as err:
+    def unknown() -> ValueError:
         near = difflib.get_close_matches(spec.arch, timm.list_models(), n=5, cutoff=0.5)
-        raise ValueError(f"unknown timm student {spec.arch!r}; nearest timm names: {near}") from err
+        return ValueError(f"unknown timm student {spec.arch!r}; nearest timm names: {near}")
+
+    options: dict[str, Any] = {"num_classes": 0, "in_chans": spec.in_channels}
+    init = None
+    if pretrained:
+        if not timm.is_model(spec.arch):
+            raise unknown()
+        file, name = timm_weights_file(spec.arch)
+        # timm reads the cached file itself (its key filters, head removal and in_chans adaptation).
+        options.update(pretrained=True, pretrained_cfg_overlay={"file": file})
+        init = f"timm {name}" + (
+            f"; first conv adapted to {spec.in_channels} channels by timm" if spec.in_channels != 3 else ""
+        )
+    try:
+        model = timm.create_model(spec.arch, **options)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise unknown() from err
     if spec.stem == "cifar":
         use_cifar_stem(model, spec.in_channels)
-    return model
+        init = init and f"{init}; {FRESH_STEM}"
+    return model, init
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
     """The headless backbone of ``spec``, randomly initialised."""
-    return (_torchvision_backbone if spec.library == "torchvision" else _timm_backbone)(spec)
+    return build_initialised_backbone(spec, pretrained=False)[0]
 
 
-def _default_tap(spec: BackboneSpec, backbone: nn.Module) -> str:
+def build_initialised_backbone(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, str | None]:
+    """The headless backbone of ``spec``, with the library's pretrained weights when ``pretrained``.
+
+    Pretrained weights come from the local cache only (`repfusion_pl.students.pretrained`). With the
+    CIFAR stem every pretrained layer is kept but the first convolution, which the stem replaces by
+    a freshly initialised 3x3 one. With ``in_channels`` other than 3 and the library's stem, the
+    pretrained first convolution is adapted as timm adapts ``in_chans`` (for torchvision too).
+
+    Returns:
+        The backbone and a line saying what initialised it (``None``: random).
+
+    Raises:
+        PretrainedWeightsError: No pretrained weights exist for the architecture, or none are cached.
+    """
+    build = _torchvision_backbone if spec.library == "torchvision" else _timm_backbone
+    return build(spec, pretrained)
+
+
+def default_tap(spec: BackboneSpec, backbone: nn.Module) -> str:
+    """The module a student reads by default: its last stage."""
     if spec.library == "torchvision":
         return _DEFAULT_TORCHVISION_TAP[spec.arch]
     return str(backbone.feature_info[-1]["module"])  # type: ignore[index]
 
 
-class Student(nn.Module):
-    """A recognition backbone whose named stages are read as features.
-
-    The classification head is removed (the backbone ends where features are read), and parameters
-    after the deepest tap are frozen: distillation sends them no gradient, so weight decay alone
-    would erode them, and DDP would wait for their gradients forever.
-
-    Args:
-        arch: Backbone architecture (see `BackboneSpec`).
-        library: ``torchvision`` or ``timm``.
-        stem: ``cifar`` or ``imagenet``.
-        in_channels: Image channels (1 for grayscale data).
-        taps: Dotted module paths to read; default the last stage.
-        compile: ``torch.compile`` the backbone (opt-in; pays on GPUs).
-    """
-
-    def __init__(
-        self,
-        arch: str = "resnet18",
-        library: Literal["torchvision", "timm"] = "torchvision",
-        stem: Literal["cifar", "imagenet"] = "cifar",
-        in_channels: int = 3,
-        taps: Sequence[str] | None = None,
-        compile: bool = False,
-    ) -> None:
-        super().__init__()
-        self.backbone_spec = BackboneSpec(arch, library, stem, in_channels)
-        self.backbone = build_backbone(self.backbone_spec)
-        self.arch, self.library, self.stem, self.in_channels = arch, library, stem, in_channels
-        self.taps = list(taps) if taps else [_default_tap(self.backbone_spec, self.backbone)]
-        self._feature_taps = FeatureTaps(self.backbone, self.taps, owner=f"student {arch}")
-        self._freeze_unreached()
-        if compile:  # after the freezing forward, so that compiling waits for the first real batch
-            self.backbone.compile()
-
-    @classmethod
-    def from_spec(cls, spec: BackboneSpec, taps: Sequence[str] | None = None) -> Student:
-        """The student of a `BackboneSpec` (default taps: the last stage)."""
-        return cls(spec.arch, spec.library, spec.stem, spec.in_channels, taps)
-
-    def spec(self) -> dict[str, object]:
-        """What rebuilds this student: its `BackboneSpec` fields and taps."""
-        return {**self.backbone_spec.as_dict(), "taps": self.taps}
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Tapped features by path, each ``(N, C, h, w)``; the layers after the last tap never run."""
-        if images.shape[1] != self.in_channels:
-            raise ValueError(
-                f"student {self.arch} was built for {self.in_channels}-channel images but the batch has "
-                f"{images.shape[1]}; set the student's in_channels to {images.shape[1]}"
-            )
-        return self._feature_taps.run(self.backbone, images)
-
-    def feature_maps(self, image_size: int) -> dict[str, Any]:
-        """Per-tap outputs for one blank square image, without touching BN statistics or autograd."""
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            feats = self(torch.zeros(1, self.in_channels, image_size, image_size))
-        self.train(was_training)
-        return feats
-
-    def feature_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
-        """Per-tap ``(C, h, w)`` for square images of the given side.
-
-        Raises:
-            ValueError: For a tap whose module returns several maps (e.g. an HRNet stage).
-        """
-        shapes = {}
-        for name, feature in self.feature_maps(image_size).items():
-            if not isinstance(feature, Tensor):
-                raise ValueError(
-                    f"student tap {name!r} of {self.arch} outputs {len(feature)} maps, not one; tap a module "
-                    "that returns a single map (for timm HRNets: 'final_layer', the fused 2048-channel map)"
-                )
-            shapes[name] = tuple(feature.shape[1:])
-        return shapes
-
-    def _freeze_unreached(self) -> None:
-        was_training = self.training
-        self.eval()
-        feats = self(torch.zeros(2, self.in_channels, 32, 32))
-        maps = [m for f in feats.values() for m in (f if isinstance(f, (list, tuple)) else [f])]
-        torch.stack([m.float().sum() for m in maps]).sum().backward()
-        for param in self.backbone.parameters():
-            if param.grad is None:
-                param.requires_grad_(False)
-            param.grad = None
-        self.train(was_training)
+def head_names(spec: BackboneSpec, backbone: nn.Module) -> tuple[str, ...]:
+    """The classification head's module names, which a headless backbone does not have."""
+    if spec.library == "torchvision":
+        return ("fc",) if spec.arch.startswith("resnet") else ("classifier",)
+    classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier") or ()
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
@@ -57,15 +58,25 @@ class BackboneWeights:
         return BackboneSpec.from_record(record) if record else None
 
 
-def read_backbone_weights(path: str | Path) -> BackboneWeights:
-    """Read backbone weights from a distillation ``.ckpt`` or an exported ``.safetensors`` file.
+#: The weights file of a hub folder (`repfusion export --hub-folder`), as timm and the Hub name it.
+HUB_WEIGHTS = "model.safetensors"
 
-    Checkpoints are read with ``weights_only=True``: a pickle that tries to run code is refused.
+
+def read_backbone_weights(path: str | Path) -> BackboneWeights:
+    """Read backbone weights from a distillation ``.ckpt``, an export, a hub folder or a state dict.
+
+    Accepted: a `RepFusionDistillation` checkpoint (``.ckpt``), a ``.safetensors`` file (written by
+    ``repfusion export`` with its provenance, or any state dict), a folder holding
+    ``model.safetensors`` (``repfusion export --hub-folder``, or a timm model downloaded from the
+    Hub), and a torch state-dict file (``.pth``, ``.pt``, ``.bin``). Torch files are read with
+    ``weights_only=True``: a pickle that tries to run code is refused.
 
     Raises:
         CheckpointError: The file is missing, unreadable or holds no student backbone.
     """
     path = Path(path).expanduser()
+    if path.is_dir() and (path / HUB_WEIGHTS).is_file():
+        path = path / HUB_WEIGHTS
     if not path.is_file():
         raise CheckpointNotFoundError(
             f"backbone weights {str(path)!r} do not exist; give a distillation checkpoint (.ckpt, e.g. "
@@ -83,7 +94,37 @@ def read_backbone_weights(path: str | Path) -> BackboneWeights:
                 "by `repfusion export`, or the distillation checkpoint (.ckpt) itself"
             ) from err
         return BackboneWeights(state, provenance, str(path))
+    if path.suffix in STATE_DICT_SUFFIXES:
+        return BackboneWeights(_read_torch_state_dict(path), {}, str(path))
     checkpoint = read_checkpoint(path, expected="a distillation checkpoint or a `repfusion export` file")
+    return backbone_from_checkpoint(checkpoint, path)
+
+
+#: Suffixes read as a bare torch state dict (torchvision's and timm's downloads, ``torch.save`` files).
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def _read_torch_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file and a pickle with code both land here
+        raise CheckpointError(
+            f"cannot read {path} safely as a state dict (weights_only=True; {type(err).__name__}); use an "
+            "intact file from a trusted source, or convert it to .safetensors"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path} is not a bare state dict (name -> tensor); a Lightning checkpoint is read as .ckpt"
+        )
+    return state
+
+
+def backbone_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> BackboneWeights:
+    """The student backbone of a loaded distillation checkpoint (`read_checkpoint`'s result).
+
+    Raises:
+        CheckpointError: The checkpoint holds no student backbone.
+    """
     state = checkpoint["state_dict"]
     backbone = {k.removeprefix(STUDENT_PREFIX): v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
     if not backbone:
@@ -107,18 +148,25 @@ def resolve_backbone(
     return backbone or recorded or default or BackboneSpec(), weights
 
 
+#: What a mismatch error advises by default.
+BUILD_ALIKE = "Build the task with the same arch, stem and in_channels as the distilled student."
+
+
 def _listing(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return f"{shown}{f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''}"
 
 
-def load_backbone_weights(module: nn.Module, weights: BackboneWeights, *, target: str = "backbone") -> None:
+def load_backbone_weights(
+    module: nn.Module, weights: BackboneWeights, *, target: str = "backbone", fix: str = BUILD_ALIKE
+) -> None:
     """Load weights into ``module`` strictly, or fail listing missing, unexpected and misshaped keys.
 
     Args:
         module: The receiving backbone (a torchvision/timm model or an smp encoder).
         weights: What `read_backbone_weights` returned.
         target: What ``module`` is, for the error message.
+        fix: What the error message advises.
     """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights.state_dict))
@@ -139,7 +187,7 @@ def load_backbone_weights(module: nn.Module, weights: BackboneWeights, *, target
         raise ValueError(
             f"backbone weights {weights.path}{made_by} do not fit the {target}:\n  "
             + "\n  ".join(p for p in problems if p)
-            + "\nBuild the task with the same arch, stem and in_channels as the distilled student."
+            + f"\n{fix}"
         )
     module.load_state_dict(weights.state_dict, strict=True)
 
