@@ -16,7 +16,6 @@ from jsonargparse import ArgumentParser
 
 from repfusion_pl.accelerators import resolve_device
 from repfusion_pl.cli.lightning import build_cli
-from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.data.target_store import CacheError
 from repfusion_pl.data.views import ViewSpec
 from repfusion_pl.distillation import RepFusionDistillation
@@ -71,7 +70,8 @@ def cache_command(args: Sequence[str]) -> None:
     except ValueError as err:
         parser.error(str(err))
     cli = build_cli(rest, run=False)
-    if not isinstance(cli.model, RepFusionDistillation) or not isinstance(cli.datamodule, BaseDataModule):
+    # Any data module: `build_cache` refuses one whose images cannot be read by index, saying why.
+    if not isinstance(cli.model, RepFusionDistillation) or cli.datamodule is None:
         parser.error(
             "repfusion cache takes a distillation config: model RepFusionDistillation and a data module"
         )

@@ -43,7 +43,9 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (unpickling in a worker): no recursion
+        # "dataset": not set yet (unpickling in a worker), no recursion. Dunders (the DataLoader's
+        # batched `__getitems__`) stay unforwarded: they would take the keys without their seeds.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from repfusion_pl.accelerators import Precision, autocast
-from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.cache_source import batch_size_of, cache_splits
 from repfusion_pl.data.target_store import CacheError, TargetStore, differences, read_manifest, write_manifest
 from repfusion_pl.data.views import ViewSpec, data_fingerprint, labels_of, render_view
 from repfusion_pl.distillation.cached_targets import stored_targets
@@ -63,7 +64,7 @@ def manifest_for(
 
 def build_cache(
     module: RepFusionDistillation,
-    data: BaseDataModule,
+    data: LightningDataModule,
     folder: str | Path,
     t_grid: list[int],
     spec: ViewSpec,
@@ -75,16 +76,18 @@ def build_cache(
 ) -> TargetStore:
     """Write (or finish) the cache of ``module``'s teacher over ``data``'s training and validation views.
 
+    ``data`` is any data module whose images can be read by index (`cache_splits`).
+
     Raises:
         CacheError: ``folder`` holds a cache of another run (what differs is named), a grid point is
-            outside the teacher's timesteps, or the disk fills up (the build resumes when run again).
+            outside the teacher's timesteps, ``data`` gives no images by index (what it lacks is named),
+            or the disk fills up (the build resumes when run again).
     """
     if bad := [t for t in t_grid if not 0 <= t < module.teacher.num_train_timesteps]:
         raise CacheError(
             f"t_grid points {bad} are outside the teacher's 0..{module.teacher.num_train_timesteps - 1}"
         )
-    data.setup("fit")
-    splits: dict[str, Dataset] = {name: data.splits[name] for name in ("train", "val") if name in data.splits}
+    splits, batch_size = cache_splits(data), batch_size_of(data)
     manifest = manifest_for(module, splits, type(data).__name__, t_grid, spec)
     module.to(device).eval()
     manifest["targets"] = target_shapes(module, splits["train"], t_grid, device)
@@ -100,9 +103,7 @@ def build_cache(
             if store.has_shard(name, shard):  # written by an earlier run of the same build
                 bar.update(len(rows) * views)
                 continue
-            arrays = shard_targets(
-                module, split, rows, views, store, (device, precision, data.batch_size), bar
-            )
+            arrays = shard_targets(module, split, rows, views, store, (device, precision, batch_size), bar)
             store.write(name, shard, arrays)
     bar.close()
     store.manifest["complete"] = True

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 
-from repfusion_pl.data.base import BaseDataModule
+from repfusion_pl.data.cache_source import cache_splits, serve_cached_views
 from repfusion_pl.data.target_store import CacheError, TargetStore, differences
 from repfusion_pl.data.views import ViewSpec, data_fingerprint
 
@@ -119,15 +120,14 @@ class CachedTeacher(nn.Module):
         picked = {name: stacked[rows, index].float() for name, stacked in targets.items()}
         return {name: value if value.dim() == 4 else value[..., None, None] for name, value in picked.items()}
 
-    def attach(self, data: BaseDataModule) -> None:
+    def attach(self, data: LightningDataModule) -> None:
         """Serve ``data``'s training and validation splits as the cached views, once they are checked.
 
         Raises:
-            CacheError: The data is not the data the cache was built from (what differs is named), or
-                a shard is missing or broken.
+            CacheError: The data is not the data the cache was built from (what differs is named), a
+                shard is missing or broken, or ``data`` gives no images by index (`cache_splits`).
         """
-        data.setup("fit")
-        splits: dict[str, Any] = {name: data.splits[name] for name in ("train", "val") if name in data.splits}
+        splits = cache_splits(data)
         found = data_fingerprint(splits, type(data).__name__)
         if wrong := differences(found, self.store.manifest["data"]):
             raise CacheError(
@@ -137,7 +137,7 @@ class CachedTeacher(nn.Module):
             )
         for split in splits:
             self.store.check(split)
-        data.serve_views(self.store, self.views)
+        serve_cached_views(data, splits, self.store, self.views)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         raise RuntimeError(
