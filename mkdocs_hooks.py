@@ -16,6 +16,7 @@ SHOWN = (
     "policy-distill.png",
     "quality-cpu.png",
     "quality-cpu-monitor.png",
+    "main-job.png",
 )
 
 _CODE_SPAN = re.compile(r"`[^`\n]*`")

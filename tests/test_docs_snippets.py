@@ -17,6 +17,8 @@ import yaml
 from repfusion_pl.cli import SUBCOMMANDS, main
 from repfusion_pl.cli.cache import cache_parser, split_arguments
 from repfusion_pl.cli.commands import export_parser, probe_parser
+from repfusion_pl.cli.embed import embed_parser
+from repfusion_pl.cli.optimize import optimize_parser
 from repfusion_pl.teachers.adm.convert import convert_adm_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +112,8 @@ def test_every_repfusion_command_in_the_docs_parses(where, args, monkeypatch, ca
         cache_parser().parse_args(own)
         parse_fit(["fit", *fit_args], capsys)
     else:
-        parser = {"probe": probe_parser, "export": export_parser, "convert-adm": convert_adm_parser}[name]()
+        parsers = {"probe": probe_parser, "export": export_parser, "embed": embed_parser}
+        parser = {**parsers, "optimize": optimize_parser, "convert-adm": convert_adm_parser}[name]()
         parser.parse_args(rest)
 
 

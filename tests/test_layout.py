@@ -17,7 +17,16 @@ SRC = Path(repfusion_pl.__file__).parent
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 #: The order of docs/architecture.md: a package may import the foundations and the packages before it.
 ORDER = ["data", "students", "teachers", "timesteps", "distillation", "probing", "tasks", "cli"]
-FOUNDATIONS = {"_version", "_deprecated", "accelerators", "checkpoints", "hparams", "metrics", "optim"}
+FOUNDATIONS = {
+    "_version",
+    "_deprecated",
+    "accelerators",
+    "checkpoints",
+    "hparams",
+    "logged_figures",
+    "metrics",
+    "optim",
+}
 #: Files allowed over 300 lines, and why (docs/architecture.md says the same).
 LONG_FILES: dict[str, str] = {}
 

@@ -21,7 +21,7 @@ from repfusion_pl.distillation import (
     TimestepTelemetry,
 )
 from repfusion_pl.probing import RepresentationMonitor
-from repfusion_pl.students import BackboneSpec, Student
+from repfusion_pl.students import BackboneSpec, ExportOnFitEnd, Student
 from repfusion_pl.tasks import BaseTask, ClassificationTask, FineTuneProtocol, LandmarkTask, SegmentationTask
 from repfusion_pl.teachers import CachedTeacher, DiffusionTeacher, DiffusionTeacherTraining
 from repfusion_pl.timesteps import (
@@ -54,6 +54,7 @@ __all__ = [
     "DenseMSELoss",
     "DiffusionTeacher",
     "DiffusionTeacherTraining",
+    "ExportOnFitEnd",
     "FeatureLoss",
     "FixedTimestep",
     "InfoNCELoss",

@@ -9,25 +9,68 @@ import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.loggers import Logger
 
 from repfusion_pl.accelerators import resolve_device
+from repfusion_pl.checkpoints import CheckpointError
 from repfusion_pl.probing import probe_teacher
 from repfusion_pl.probing.report import DISTILL_CONFIG
-from repfusion_pl.students import Student, export_backbone
+from repfusion_pl.students import (
+    HubFolderError,
+    Student,
+    export_backbone,
+    export_hub_folder,
+    push_hub_folder,
+)
 
 
 def export_parser() -> ArgumentParser:
     """The arguments of ``repfusion export``."""
     parser = ArgumentParser(prog="repfusion export", description=EXPORT_HELP)
     parser.add_argument("checkpoint", type=str, help="a RepFusionDistillation checkpoint (.ckpt)")
-    parser.add_argument("output", type=str, help="the .safetensors file to write")
+    parser.add_argument(
+        "output", type=str | None, nargs="?", default=None, help="the .safetensors file to write"
+    )
+    parser.add_argument(
+        "--hub-folder",
+        type=str | None,
+        default=None,
+        help="also (or only) write a Hub folder: model.safetensors, timm's config.json, a model card",
+    )
+    parser.add_argument(
+        "--push-to-hub", type=str | None, default=None, help="upload the hub folder to this Hub repo (online)"
+    )
+    parser.add_argument("--private", type=bool, default=False, help="create the Hub repo private")
+    parser.add_argument(
+        "--license", type=str | None, default=None, help="the card's licence id (default: left to fill in)"
+    )
     return parser
 
 
 def export_command(args: Sequence[str]) -> None:
-    """``repfusion export CHECKPOINT OUTPUT.safetensors``: write the student backbone for reuse."""
-    parsed = export_parser().parse_args(list(args))
-    print(f"wrote {export_backbone(parsed.checkpoint, parsed.output)}")
+    """``repfusion export CHECKPOINT [OUTPUT.safetensors] [--hub-folder DIR [--push-to-hub REPO]]``."""
+    parser = export_parser()
+    parsed = parser.parse_args(list(args))
+    if parsed.output is None and parsed.hub_folder is None:
+        parser.error("give an OUTPUT.safetensors file, --hub-folder DIR, or both")
+    if parsed.push_to_hub and parsed.hub_folder is None:
+        parser.error("--push-to-hub uploads the --hub-folder: give --hub-folder DIR too")
+    try:
+        if parsed.output is not None:
+            print(f"wrote {export_backbone(parsed.checkpoint, parsed.output)}")
+        if parsed.hub_folder is not None:
+            print(f"wrote {export_hub_folder(parsed.checkpoint, parsed.hub_folder, license=parsed.license)}")
+    except (CheckpointError, HubFolderError) as err:
+        parser.error(str(err))
+    if parsed.push_to_hub:
+        try:
+            print(f"pushed {push_hub_folder(parsed.hub_folder, parsed.push_to_hub, private=parsed.private)}")
+        except Exception as err:  # offline, not logged in, no rights: huggingface_hub's many errors
+            parser.error(
+                f"could not upload {parsed.hub_folder} to {parsed.push_to_hub} ({type(err).__name__}: {err});"
+                " the folder is complete: log in (`hf auth login`) and run again, or `hf upload "
+                f"{parsed.push_to_hub} {parsed.hub_folder}`"
+            )
 
 
 def probe_parser() -> ArgumentParser:
@@ -77,6 +120,13 @@ def probe_parser() -> ArgumentParser:
         default="32",
         help="precision of the feature passes (the ridge solve is float64 either way)",
     )
+    parser.add_argument(
+        "--logger",
+        type=Logger | None,
+        default=None,
+        help="a Lightning logger that also receives the heatmap, e.g. {class_path: "
+        "lightning.pytorch.loggers.WandbLogger, init_args: {project: repfusion}}",
+    )
     return parser
 
 
@@ -89,7 +139,8 @@ def probe_command(args: Sequence[str]) -> None:
     except ValueError as err:
         parser.error(str(err))
     data_config = yaml.safe_load(parser.dump(config))["data"]
-    data = parser.instantiate_classes(config).data
+    built = parser.instantiate_classes(config)
+    data, loggers = built.data, [built.logger] if built.logger is not None else []
     num_classes = config.num_classes or getattr(data, "num_classes", None)
     if not num_classes:
         parser.error("give --num_classes: the data module has no num_classes attribute")
@@ -110,14 +161,18 @@ def probe_command(args: Sequence[str]) -> None:
         distill_config=config.distill_config,
         accelerator=config.accelerator,
         precision=config.precision,
+        loggers=loggers,
     )
+    for logger in loggers:
+        logger.finalize("success")  # flushes TensorBoard's file, ends a W&B or MLflow run
     for kind, path in result["files"].items():
         print(f"{kind:>15}: {path}")
 
 
 EXPORT_HELP = (
     "Write the student backbone of a distillation checkpoint as safetensors, in its library's key format "
-    "(loads strictly into torchvision, timm and smp encoders)."
+    "(loads strictly into torchvision, timm and smp encoders), and/or as a Hub folder with timm's "
+    "config.json and a model card (--hub-folder), optionally uploaded (--push-to-hub)."
 )
 PROBE_HELP = (
     "Which teacher layer and timestep carry the best features? Fits a streamed linear probe per (layer, "

@@ -1,4 +1,4 @@
-"""The ``repfusion`` command: LightningCLI's fit/validate/test, plus probe, export, cache and convert-adm.
+"""The ``repfusion`` command: LightningCLI's fit/validate/test, plus probe, export, embed, cache, convert-adm.
 
 ``repfusion --help`` lists every subcommand; each has its own ``--help``.
 """
@@ -16,7 +16,9 @@ from lightning.pytorch.cli import ArgsType
 from repfusion_pl._version import __version__
 from repfusion_pl.cli.cache import cache_command
 from repfusion_pl.cli.commands import export_command, probe_command
+from repfusion_pl.cli.embed import embed_command
 from repfusion_pl.cli.lightning import run_lightning
+from repfusion_pl.cli.optimize import optimize_command
 from repfusion_pl.teachers.adm import convert_adm_command
 
 
@@ -42,9 +44,18 @@ SUBCOMMANDS = {
     "probe": Subcommand(
         "linear-probe a teacher's layers x timesteps against a random-init student", probe_command
     ),
-    "export": Subcommand("write a distilled student backbone as safetensors", export_command),
+    "export": Subcommand(
+        "write a distilled student backbone as safetensors, or a Hub folder with a model card", export_command
+    ),
+    "embed": Subcommand(
+        "run a distilled student over a folder of images: embeddings.npy + index.csv", embed_command
+    ),
     "cache": Subcommand(
         "run a teacher once over the training views at a timestep grid, for CachedTeacher", cache_command
+    ),
+    "optimize": Subcommand(
+        "write an image folder or Hugging Face dataset as an optimized LitData dataset, for streaming",
+        optimize_command,
     ),
     "convert-adm": Subcommand(
         "convert an OpenAI guided-diffusion (ADM) checkpoint into a diffusers folder", convert_adm_command

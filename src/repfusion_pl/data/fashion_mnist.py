@@ -24,6 +24,10 @@ from repfusion_pl.data.splits import check_fractions, check_labelled, seeded_spl
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FALLBACK_ROOT = Path("data/fashion-mnist")
+#: The subset the package ships (7,000 training and 1,000 test images, balanced; ``root: embedded``),
+#: written by benchmarks/make_fashion_subset.py. Fashion-MNIST is MIT-licensed (the folder's README.md).
+EMBEDDED_ROOT = Path(__file__).resolve().parent / "fashion_subset"
+EMBEDDED = "embedded"
 #: The published file names; each may also be stored without ``.gz``.
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -58,6 +62,13 @@ _MAGIC = {3: 2051, 1: 2049}  # IDX magic numbers: unsigned bytes, 3 dims (images
 def default_root() -> Path:
     """The Debian package's folder when it is installed, else ``data/fashion-mnist``."""
     return DEBIAN_ROOT if DEBIAN_ROOT.is_dir() else FALLBACK_ROOT
+
+
+def resolve_root(root: str | None) -> Path:
+    """``root`` as a folder: ``None`` is `default_root`, ``"embedded"`` the shipped subset."""
+    if root is None:
+        return default_root()
+    return EMBEDDED_ROOT if root == EMBEDDED else Path(root).expanduser()
 
 
 def read_idx(path: Path, dims: int) -> np.ndarray:
@@ -172,7 +183,9 @@ class FashionMNISTDataModule(BaseDataModule):
     10,000-image test set. Images are ``(1, S, S)`` floats in [0, 1].
 
     Args:
-        root: Folder of the four IDX files (``.gz`` or not); ``None`` uses `default_root`.
+        root: Folder of the four IDX files (``.gz`` or not); ``None`` uses `default_root`;
+            ``"embedded"`` the subset the package ships (7,000 training and 1,000 test images,
+            700 and 100 per class), which needs no download.
         image_size: Side S: 28 keeps the originals, 32 zero-pads them, smaller sides resize.
         batch_size: Batch size for every split.
         num_train: Training images drawn (seeded) from the training set; ``None`` keeps all.
@@ -217,7 +230,7 @@ class FashionMNISTDataModule(BaseDataModule):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root else default_root()
+        self.root = resolve_root(root)
         self.image_size, self.num_train, self.num_val, self.num_test = (
             image_size,
             num_train,

@@ -5,19 +5,23 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from repfusion_pl.data.base import BaseDataModule
 from repfusion_pl.distillation import rng
 from repfusion_pl.distillation.module import RepFusionDistillation
+from repfusion_pl.logged_figures import save_figure
+from repfusion_pl.probing.knn import knn_accuracy, student_features
 from repfusion_pl.probing.ridge import fit_ridge_probes, pooled_features, probe_student
+from repfusion_pl.probing.verdict import verdict_line
 from repfusion_pl.students import Student
 
 
@@ -51,16 +55,20 @@ class RepresentationMonitor(Callback):
     is distilled to) at the timestep the sampler currently draws most.
     The scores go to the logger (``probe/student``, ``probe/random``, ``probe/teacher``), to the
     progress bar (``probe``) and to one console line; at the end of ``fit`` the history is written
-    as ``representation_probe.json`` and ``.png`` next to the logs. The history is callback state,
-    so it survives a resume. The probe draws no random numbers from the run's streams (they are
-    saved and restored around it), so a run with the monitor trains exactly as one without.
+    as ``representation_probe.json`` and ``.png`` next to the logs (the figure also to every logger:
+    `repfusion_pl.logged_figures`). The history is callback state, so it survives a resume. The probe
+    draws no random numbers from the run's streams (they are saved and restored around it), so a run
+    with the monitor trains exactly as one without.
 
     Args:
         data: A labelled data module to probe on; default the trainer's own.
         every_n_epochs: Evaluate after every this many epochs.
         max_images: Images of each split used (the first ones), to bound the cost.
         knn_k: Also report cosine k-NN accuracy with this many neighbours (``None``: no k-NN).
-        teacher: Also probe the teacher's features (one more forward per image).
+        teacher: Also probe the teacher's features (one more forward per image; once per timestep).
+        random_inits: Random initialisations the bar is the mean of (seeds 0, 1, ...); with more
+            than one, their spread is part of the noise the last line compares the gap with
+            (`repfusion_pl.probing.verdict`).
         seed: Seeds the probe's shuffling and augmentation, the same at every evaluation.
     """
 
@@ -71,15 +79,23 @@ class RepresentationMonitor(Callback):
         max_images: int = 2000,
         knn_k: int | None = None,
         teacher: bool = True,
+        random_inits: int = 1,
         seed: int = 0,
     ) -> None:
-        if every_n_epochs < 1 or max_images < 1:
-            raise ValueError("RepresentationMonitor needs every_n_epochs >= 1 and max_images >= 1")
+        if every_n_epochs < 1 or max_images < 1 or random_inits < 1:
+            raise ValueError(
+                "RepresentationMonitor needs every_n_epochs >= 1, max_images >= 1 and random_inits >= 1"
+            )
+        self.random_inits = random_inits
+        self.val_images = 0  # validation images each score is measured on (set by `loaders`)
         self.data, self.every_n_epochs, self.max_images = data, every_n_epochs, max_images
         self.knn_k, self.probe_teacher, self.seed = knn_k, teacher, seed
         #: One entry per evaluation: epoch, accuracies, the teacher's timestep.
         self.history: list[dict[str, Any]] = []
         self.random_bar: dict[str, float] | None = None
+        #: The teacher's score per timestep: it is frozen and probed on the same images each time, so
+        #: a timestep scored once need not be scored again (a teacher forward costs several students').
+        self.teacher_scores: dict[int, float] = {}
 
     # Lightning hooks -----------------------------------------------------------------------------
 
@@ -93,15 +109,18 @@ class RepresentationMonitor(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks, before rank 0 writes
+        if self.history and self.random_bar is not None:
+            rank_zero_info(verdict_line(self.history[-1], self.random_bar, self.val_images))
         if trainer.is_global_zero and log_dir is not None and self.history:
-            write_history(self.history, Path(log_dir))
+            write_history(self.history, Path(log_dir), trainer.loggers, trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "random_bar": self.random_bar}
+        return {"history": self.history, "random_bar": self.random_bar, "teacher_scores": self.teacher_scores}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.random_bar = state_dict.get("random_bar")
+        self.teacher_scores = {int(t): float(v) for t, v in state_dict.get("teacher_scores", {}).items()}
 
     # The probe -----------------------------------------------------------------------------------
 
@@ -119,6 +138,10 @@ class RepresentationMonitor(Callback):
         )
         val = data.val_dataloader()
         batches = max(1, -(-self.max_images // (train.batch_size or 1)))
+        size = getattr(val.dataset, "__len__", None)  # a stream may not know its length
+        self.val_images = min(
+            batches * (val.batch_size or 1), size() if size else batches * (val.batch_size or 1)
+        )
         source = "its `data:`" if self.data is not None else "the trainer's data"
         fit, score = LimitedLoader(train, batches, source), LimitedLoader(val, batches, source)
         return {"train": fit, "val": score}  # no test split: the monitor reports validation accuracy
@@ -154,7 +177,7 @@ class RepresentationMonitor(Callback):
         }
         student.train(was_training)
         if self.random_bar is None:
-            self.random_bar = {"val_acc": self._random_bar(student, loaders, num_classes)}
+            self.random_bar = self._random_bar(student, loaders, num_classes, self.random_inits)
         entry["random"] = self.random_bar["val_acc"]
         if self.probe_teacher and getattr(pl_module.teacher, "live", True):  # a cache cannot be probed
             entry.update(self._teacher_score(pl_module, loaders, num_classes))
@@ -171,14 +194,19 @@ class RepresentationMonitor(Callback):
         return int(max(int(labels.max()) for _, labels in loaders["train"])) + 1
 
     @staticmethod
-    def _random_bar(student: Student, loaders: dict[str, Iterable], num_classes: int) -> float:
-        # The same architecture and taps, freshly initialised from a fixed seed (identical on every rank).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            fresh = Student.from_spec(student.backbone_spec, student.taps).to(
-                next(student.parameters()).device
-            )
-        return float(probe_student(fresh, loaders, num_classes)["val_acc"])
+    def _random_bar(
+        student: Student, loaders: dict[str, Iterable], num_classes: int, inits: int
+    ) -> dict[str, Any]:
+        # The same architecture and taps, freshly initialised from fixed seeds (identical on every rank).
+        scores = []
+        for seed in range(inits):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                fresh = Student.from_spec(student.backbone_spec, student.taps)
+            fresh = fresh.to(next(student.parameters()).device)
+            scores.append(float(probe_student(fresh, loaders, num_classes)["val_acc"]))
+        spread = float(torch.tensor(scores).std()) if inits > 1 else 0.0
+        return {"val_acc": sum(scores) / inits, "std": spread, "inits": inits, "scores": scores}
 
     def _teacher_score(
         self, pl_module: RepFusionDistillation, loaders: dict[str, Iterable], num_classes: int
@@ -191,6 +219,8 @@ class RepresentationMonitor(Callback):
             drawn = sampler.draw(images, torch.Generator(device=device).manual_seed(0))
         sampler.train(was_training)
         t = int(torch.mode(drawn.timesteps).values)
+        if t in self.teacher_scores:
+            return {"teacher": self.teacher_scores[t], "t": t}
         layers = list(teacher.layers)  # what the student is distilled to: every tap, side by side
 
         def extract(batch: Tensor) -> dict[str, Tensor]:
@@ -200,7 +230,8 @@ class RepresentationMonitor(Callback):
             return {"taps": torch.cat([pooled[name] for name in layers], dim=1)}
 
         scores = fit_ridge_probes(extract, loaders, ["taps"], num_classes)["taps"]
-        return {"teacher": scores["val_acc"], "t": t}
+        self.teacher_scores[t] = float(scores["val_acc"])
+        return {"teacher": self.teacher_scores[t], "t": t}
 
     def _report(self, pl_module: LightningModule, entry: dict[str, Any]) -> None:
         # The evaluation before training goes to the console and the history only: the logger gets
@@ -223,34 +254,10 @@ def training(pl_module: LightningModule) -> bool:
     return pl_module._trainer is not None and pl_module.trainer.training
 
 
-def student_features(student: Student, loaders: dict[str, Iterable]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Pooled last-tap features and labels of the ``train`` and ``val`` loaders (eval mode, no grad)."""
-    student.eval()
-    tap, device = student.taps[-1], next(student.parameters()).device
-    out = {}
-    for split in ("train", "val"):
-        feats, labels = [], []
-        with torch.no_grad():
-            for images, target in loaders[split]:
-                feats.append(pooled_features({tap: student(images.to(device))[tap]})[tap].cpu())
-                labels.append(target)
-        out[split] = (torch.cat(feats), torch.cat(labels))
-    return out
-
-
-def knn_accuracy(features: dict[str, tuple[Tensor, Tensor]], k: int) -> float:
-    """Cosine k-NN accuracy of ``val`` against ``train`` (scikit-learn's classifier)."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine").fit(
-        train_x.numpy(), train_y.numpy()
-    )
-    return float((knn.predict(val_x.numpy()) == val_y.numpy()).mean())
-
-
-def write_history(history: list[dict[str, Any]], folder: Path) -> Path:
-    """``representation_probe.json`` and a ``.png`` of the accuracies over the epochs."""
+def write_history(
+    history: list[dict[str, Any]], folder: Path, loggers: Sequence[Logger] = (), step: int | None = None
+) -> Path:
+    """``representation_probe.json`` and a ``.png`` of the accuracies over the epochs, also to ``loggers``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +274,5 @@ def write_history(history: list[dict[str, Any]], folder: Path) -> Path:
     axis.set(xlabel="epochs trained", ylabel="linear-probe val accuracy", title="representation monitor")
     axis.legend(fontsize=8)
     fig.tight_layout()
-    path = folder / "representation_probe.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    key = "figures/representation_probe"
+    return save_figure(fig, folder / "representation_probe.png", loggers, key, step)
