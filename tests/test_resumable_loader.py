@@ -48,6 +48,30 @@ def test_a_loaded_state_skips_the_processed_batches_of_the_same_epoch_only():
     assert len(batches(loader)) == 5 and loader.resumable_sampler.epoch == 2
 
 
+def test_a_checkpoint_on_a_cut_epochs_last_batch_starts_the_next_epoch_from_zero():
+    # limit_train_batches=3 of 5: the checkpoint holds (epoch 0, 3 batches) while the trainer still says
+    # epoch 0 when it loads; Lightning then sets epoch 1 on the sampler before iterating.
+    loader = ResumableDataLoader(Noisy(), batch_size=4, progress=lambda: (0, 3), seed=3)
+    loader.load_state_dict({"epoch": 0, "batches": 3})
+    loader.resumable_sampler.set_epoch(1)
+    resumed = batches(loader)
+    fresh = ResumableDataLoader(Noisy(), batch_size=4, progress=lambda: (1, 0), seed=3)
+    fresh.resumable_sampler.set_epoch(1)
+    assert len(resumed) == 5
+    assert all(torch.equal(a, b) for a, b in zip(batches(fresh), resumed, strict=True))
+
+
+def test_seeded_samples_keep_the_datasets_batched_fetch_to_themselves():
+    class Batched(Noisy):
+        def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+            return [self[i] for i in indices]
+
+    # The DataLoader would hand `__getitems__` the (index, seed) keys and lose the seeds.
+    assert not hasattr(SeededSamples(Batched()), "__getitems__")
+    loader = ResumableDataLoader(Batched(), batch_size=4, progress=lambda: (0, 0), seed=7)
+    assert sorted(torch.cat(batches(loader))[:, 0].tolist()) == list(range(20))
+
+
 def test_ranks_share_an_epoch_without_overlap():
     shards = [list(ResumableSampler(Noisy(), num_replicas=2, rank=r, seed=0)) for r in (0, 1)]
     indices = [index for shard in shards for index, _ in shard]

@@ -93,7 +93,8 @@ class DeviceBatchLoader:
         return samples // self.batch_size if self.drop_last else -(-samples // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-        skip, self.sampler.skip = self.sampler.skip, 0
+        skip = self.sampler.skip if self.sampler.skip_epoch == self.sampler.epoch else 0
+        self.sampler.skip, self.sampler.skip_epoch = 0, -1
         order = torch.tensor(list(DistributedSampler.__iter__(self.sampler)), device=self.device)
         epoch = self.sampler.epoch
         for batch in range(skip // self.batch_size, len(self)):
@@ -115,3 +116,4 @@ class DeviceBatchLoader:
         self.sampler.set_epoch(epoch)
         if state.get("epoch") == epoch:
             self.sampler.skip = int(state.get("batches", 0)) * self.batch_size
+            self.sampler.skip_epoch = epoch

@@ -55,10 +55,13 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0  # samples of this rank's share already trained on, in the resumed epoch
+        # Samples of this rank's share already trained on, and the epoch they belong to: a checkpoint
+        # on an epoch's last batch resumes into the next epoch, which must start from zero.
+        self.skip, self.skip_epoch = 0, -1
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        skip, self.skip = self.skip, 0
+        skip = self.skip if self.skip_epoch == self.epoch else 0
+        self.skip, self.skip_epoch = 0, -1
         indices = list(super().__iter__())[skip:]
         return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
 
@@ -108,3 +111,4 @@ class ResumableDataLoader(DataLoader):
         self.resumable_sampler.set_epoch(epoch)
         if state.get("epoch") == epoch:
             self.resumable_sampler.skip = int(state.get("batches", 0)) * int(self.batch_size or 1)
+            self.resumable_sampler.skip_epoch = epoch
