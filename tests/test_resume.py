@@ -119,7 +119,7 @@ def test_mid_epoch_resume_continues_the_same_batches_and_augmentation(
 
 
 def distill_args(teacher_dir: Path, root: Path, *extra: str) -> list[str]:
-    return distill_command(teacher_dir, root, "distill_resume.yaml", *extra)
+    return distill_command(teacher_dir, root, ("distill_resume.yaml", "budget_cut.yaml"), *extra)
 
 
 def timestep_history(checkpoint: dict) -> list[list[int]]:
@@ -159,7 +159,7 @@ def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
     )
     for root, epochs in (("straight", 2), ("first", 1)):
         args = distill_command(
-            gray_teacher_dir, tmp_path / root, confs, f"--trainer.max_epochs={epochs}", *ddp
+            gray_teacher_dir, tmp_path / root, (*confs, "budget_cut.yaml"), f"--trainer.max_epochs={epochs}", *ddp
         )
         done = run_repfusion(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -235,6 +235,10 @@ class RepFusionDistillation(LightningModule):
         return [TimestepTelemetry()]
 
     def setup(self, stage: str) -> None:
+        # Before the strategy wraps the module (DDP) and a checkpoint's optimiser state is restored:
+        # switched later, a resumed 2-process run drifted from the straight one (tests/test_resume.py).
+        if self.channels_last is None and self.trainer.strategy.root_device.type == "cpu":
+            self.use_channels_last()  # measured faster on CPUs; on GPUs it measured slower
         if isinstance(self.teacher, CachedTeacher) and stage == "fit":
             data = self.trainer.datamodule  # type: ignore[attr-defined]
             if data is None:
@@ -245,8 +249,6 @@ class RepFusionDistillation(LightningModule):
 
     def on_fit_start(self) -> None:
         self.rng.start(self.global_rank, self.device)
-        if self.channels_last is None and self.device.type == "cpu":
-            self.use_channels_last()  # measured faster on CPUs; on GPUs it measured slower
 
     def on_train_epoch_end(self) -> None:
         self.non_finite.check()
