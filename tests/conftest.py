@@ -89,6 +89,33 @@ def quiet_trainer(root: Path, **kwargs):
     return Trainer(**{**defaults, **kwargs})
 
 
+def fit_with_checkpoints(
+    model, data, root: Path, max_steps: int = -1, ckpt_path: Path | None = None, **kwargs
+):
+    """Fit ``model`` two epochs, deterministic, a checkpoint every three steps; its TimestepTelemetry.
+
+    The mid-epoch resume tests run it straight, cut (``max_steps``) and resumed (``ckpt_path``).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from repfusion_pl import TimestepTelemetry
+
+    telemetry = TimestepTelemetry(plot=False)
+    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_last=True), telemetry]
+    trainer = quiet_trainer(
+        root,
+        max_epochs=2,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        deterministic=True,
+        callbacks=callbacks,
+        enable_checkpointing=True,
+        **kwargs,
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return telemetry
+
+
 def make_distill_checkpoint(teacher_dir: Path, out: Path, stem: str, arch: str = "resnet18") -> Path:
     """A real RepFusionDistillation checkpoint after two optimiser steps on random images."""
     from torch.utils.data import DataLoader, TensorDataset

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from conftest import CONF, ROOT, quiet_trainer
-from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, TimestepTelemetry
+from conftest import CONF, ROOT, fit_with_checkpoints
+from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student
 from repfusion_pl.checkpoints import read_checkpoint
 from repfusion_pl.cli import main
 from repfusion_pl.data import HFImageDataModule
@@ -173,21 +172,9 @@ def fit_hf(teacher_dir: Path, root: Path, path: Path, max_steps: int = -1, ckpt_
     model = RepFusionDistillation(
         DiffusionTeacher(str(teacher_dir)), Student("resnet18", in_channels=3), PolicyTimestep(2)
     )
-    telemetry = TimestepTelemetry(plot=False)
-    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_last=True), telemetry]
-    trainer = quiet_trainer(
-        root,
-        max_epochs=2,
-        max_steps=max_steps,
-        limit_val_batches=0,
-        deterministic=True,
-        callbacks=callbacks,
-        enable_checkpointing=True,
-    )
     # datasets' prepared arrow files beside the run's folder, not in it (its checkpoints' folder)
     data = module(path, root.parent, batch_size=8, num_workers=2, val_fraction=0.2, test_fraction=0.0)
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    return model, telemetry
+    return model, fit_with_checkpoints(model, data, root, max_steps, ckpt_path)
 
 
 def test_mid_epoch_resume_continues_the_same_batches_and_augmentation(rgb_teacher_dir, tmp_path):

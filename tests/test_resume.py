@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from conftest import ROOT, distill_command, quiet_trainer, run_repfusion
+from conftest import ROOT, distill_command, fit_with_checkpoints, quiet_trainer, run_repfusion
 from repfusion_pl import DiffusionTeacher, PolicyTimestep, RepFusionDistillation, Student, TimestepTelemetry
 from repfusion_pl.checkpoints import CONFIG_KEY, read_checkpoint
 from repfusion_pl.cli import with_checkpoint_config
@@ -83,20 +83,8 @@ def fit_digits(
     module = RepFusionDistillation(
         DiffusionTeacher(str(teacher_dir)), Student("resnet18", in_channels=1), PolicyTimestep(10)
     )
-    telemetry = TimestepTelemetry(plot=False)
-    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_last=True), telemetry]
-    trainer = quiet_trainer(
-        root,
-        max_epochs=2,
-        max_steps=max_steps,
-        limit_train_batches=5,
-        limit_val_batches=0,
-        deterministic=True,
-        callbacks=callbacks,
-        enable_checkpointing=True,
-    )
     data = DigitsDataModule(image_size=8, batch_size=16, num_workers=workers)  # random-crop augmentation
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    telemetry = fit_with_checkpoints(module, data, root, max_steps, ckpt_path, limit_train_batches=5)
     return module, telemetry
 
 
@@ -158,9 +146,8 @@ def test_cli_resume_from_the_checkpoint_alone_equals_the_straight_run(
         ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"] if devices == 2 else []
     )
     for root, epochs in (("straight", 2), ("first", 1)):
-        args = distill_command(
-            gray_teacher_dir, tmp_path / root, (*confs, "budget_cut.yaml"), f"--trainer.max_epochs={epochs}", *ddp
-        )
+        cut = (*confs, "budget_cut.yaml")
+        args = distill_command(gray_teacher_dir, tmp_path / root, cut, f"--trainer.max_epochs={epochs}", *ddp)
         done = run_repfusion(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     first = tmp_path / "first" / "last.ckpt"
