@@ -6,10 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from test_quality import fake_fashion  # noqa: F401  (the fixture)
 
 
+# In `make test-all` (30 s): the cache itself is tested in tests/test_cache.py; this is the study script.
+@pytest.mark.slow
 def test_the_views_study_dry_run_builds_each_cache_and_compares_it_with_the_live_teacher(
     fake_fashion,  # noqa: F811
     tmp_path,

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from test_quality import fake_fashion  # noqa: F401  (the fixture)
 
@@ -15,6 +17,8 @@ def bench(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
+# In `make test-all` (30 s): the settle logic is tested in tests/test_policy_settle.py; these are the scripts.
+@pytest.mark.slow
 def test_the_landscape_then_the_settle_runs_write_their_tables(fake_fashion, tmp_path):  # noqa: F811
     shared = [
         "--root",

@@ -66,6 +66,9 @@ def test_table_reports_mean_and_sample_std_and_bolds_the_best() -> None:
     assert "| random init | 60.0 ± 14.1 |" in table and "| policy | **80.0 ± 0.0** |" in table
 
 
+# In `make test-all` (45 s): tests/test_quality.py runs the same harness end to end (every arm, the
+# shipped teacher) through benchmarks/quality.py --dry-run in the fast suite.
+@pytest.mark.slow
 def test_run_study_end_to_end_on_a_tiny_teacher(tmp_path: Path, gray_teacher_dir: Path) -> None:
     teacher_config = tmp_path / "teacher.yaml"
     teacher_config.write_text(yaml.safe_dump({"model": {"init_args": {"output_dir": str(gray_teacher_dir)}}}))
@@ -164,3 +167,22 @@ def test_the_summary_gives_each_arm_its_gap_to_random_init_in_points_and_sigma()
     rows = summary(result)
     assert rows["random init"]["a"] == {"mean": 65.0, "std": 7.07}
     assert rows["x"]["a"] == {"mean": 80.0, "std": 0.0, "gap": 15.0, "gap_sigma": 2.12}
+
+
+def test_the_targets_hold_or_say_by_how_much_they_miss():
+    from study.targets import check_targets, targets_table
+
+    column = "linear probe, all labels"
+    summary = {
+        "random init": {column: {"mean": 79.8, "std": 1.1}},
+        "policy (REINFORCE)": {column: {"mean": 81.4, "std": 0.6, "gap": 1.6, "gap_sigma": 1.4}},
+        "fixed t=100": {column: {"mean": 82.0, "std": 0.5, "gap": 2.2, "gap_sigma": 2.0}},
+        "fixed t=0": {column: {"mean": 83.0, "std": 0.7, "gap": 3.2, "gap_sigma": 2.9}},
+    }
+    beats, policy = check_targets(summary)  # the 100-labels column is absent: no rows for it
+    assert beats["target"].startswith("fixed t=0 beats") and beats["held"]  # the best fixed t, not t=100
+    assert policy["measured"] == "81.4 vs 83.0 − 0.7 = 82.3" and not policy["held"]
+    assert policy["short_by_points"] == pytest.approx(0.9)
+    summary["fixed t=0"][column]["gap_sigma"] = 1.5
+    assert check_targets(summary)[0]["short_by_sigma"] == pytest.approx(0.5)
+    assert "**no**: short by 0.9 points" in targets_table([beats, policy])

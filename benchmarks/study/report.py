@@ -14,6 +14,7 @@ import lightning
 import torch
 
 from study.protocols import selection_table
+from study.targets import check_targets, targets_table
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -191,6 +192,7 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: results_dir / f"{result['name']}.{kind}" for kind in ("json", "md", "png")}
     result["summary"] = summary(result)
+    result["targets"] = check_targets(result["summary"])
     paths["json"].write_text(json.dumps(result, indent=2))
     paths["md"].write_text(f"# {result['name']}\n\n{markdown_table(result)}\n")
     if "protocols" in result:  # its own file: the README quotes the table above alone
@@ -198,6 +200,11 @@ def write_results(result: dict[str, Any], results_dir: Path) -> dict[str, Path]:
         chosen = selection_table(result["protocols"]).lstrip("\n")
         title = f"# {result['name']}: the fine-tuning protocol, chosen on validation"
         paths["protocols"].write_text(f"{title}\n\n{chosen}\n")
+    if result["targets"]:  # the README quotes it under the table
+        paths["targets"] = results_dir / f"{result['name']}-targets.md"
+        intro = "σ: the larger spread of the two arms compared, over fine-tuning and distillation seeds."
+        table = targets_table(result["targets"])
+        paths["targets"].write_text(f"# {result['name']}: targets\n\n{table}\n\n{intro}\n")
     arms, settings = list(result["scores"]), result["settings"]
     width = 0.8 / len(arms)
     fig, axis = plt.subplots(figsize=(2.2 * len(settings) + 2, 3.6))
