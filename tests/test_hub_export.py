@@ -172,3 +172,30 @@ def test_export_on_fit_end_from_yaml(gray_teacher_dir, tmp_path, run, offline_hf
     assert weights.spec.stem == "cifar" and weights.spec.in_channels == 1
     best = tmp_path / "hub" / "best"
     assert best.is_dir() == ("--trainer.max_steps=2" in run)  # fast_dev_run keeps no checkpoint
+
+
+def test_export_reads_once_writes_both_and_a_failed_push_leaves_the_folder_naming_its_repo(
+    rgb_imagenet_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the upload fails at once, as offline
+    reads = []
+    real_read = hub_module.read_checkpoint
+    monkeypatch.setattr(hub_module, "read_checkpoint", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    folder, single = tmp_path / "hub", tmp_path / "b.safetensors"
+    args = [
+        str(rgb_imagenet_checkpoint),
+        str(single),
+        "--hub-folder",
+        str(folder),
+        "--push-to-hub",
+        "me/student",
+    ]
+    with pytest.raises(SystemExit):
+        main(["export", *args])
+    assert "could not upload" in capsys.readouterr().err and len(reads) == 1
+    assert {p.name for p in folder.iterdir()} == HUB_FILES
+    assert 'timm.create_model("hf-hub:me/student"' in (folder / "README.md").read_text()
+    assert load_file(single).keys() == load_file(folder / "model.safetensors").keys()
+    assert read_backbone_weights(single).provenance["exported_from"] == str(rgb_imagenet_checkpoint)

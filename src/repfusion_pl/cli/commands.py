@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -12,16 +13,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import Logger
 
 from repfusion_pl.accelerators import resolve_device
-from repfusion_pl.checkpoints import CheckpointError
+from repfusion_pl.checkpoints import CheckpointError, atomic_write_bytes
 from repfusion_pl.probing import probe_teacher
 from repfusion_pl.probing.report import DISTILL_CONFIG
-from repfusion_pl.students import (
-    HubFolderError,
-    Student,
-    export_backbone,
-    export_hub_folder,
-    push_hub_folder,
-)
+from repfusion_pl.students import HubFolderError, Student, export_backbone, push_hub_folder
+from repfusion_pl.students.hub import read_source, write_hub_folder
+from repfusion_pl.students.weights import backbone_bytes
 
 
 def export_parser() -> ArgumentParser:
@@ -56,10 +53,17 @@ def export_command(args: Sequence[str]) -> None:
     if parsed.push_to_hub and parsed.hub_folder is None:
         parser.error("--push-to-hub uploads the --hub-folder: give --hub-folder DIR too")
     try:
-        if parsed.output is not None:
+        if parsed.hub_folder is None:
             print(f"wrote {export_backbone(parsed.checkpoint, parsed.output)}")
-        if parsed.hub_folder is not None:
-            print(f"wrote {export_hub_folder(parsed.checkpoint, parsed.hub_folder, license=parsed.license)}")
+        else:  # the checkpoint read once for both
+            weights, record = read_source(Path(parsed.checkpoint).expanduser())
+            if parsed.output is not None:
+                written = atomic_write_bytes(parsed.output, backbone_bytes(weights, parsed.checkpoint))
+                print(f"wrote {written}")
+            folder = write_hub_folder(
+                weights, record, parsed.hub_folder, license=parsed.license, repo_id=parsed.push_to_hub
+            )
+            print(f"wrote {folder}")
     except (CheckpointError, HubFolderError) as err:
         parser.error(str(err))
     if parsed.push_to_hub:

@@ -138,10 +138,9 @@ class RepresentationMonitor(Callback):
         )
         val = data.val_dataloader()
         batches = max(1, -(-self.max_images // (train.batch_size or 1)))
-        size = getattr(val.dataset, "__len__", None)  # a stream may not know its length
-        self.val_images = min(
-            batches * (val.batch_size or 1), size() if size else batches * (val.batch_size or 1)
-        )
+        scored = batches * (val.batch_size or 1)
+        # A stream may not know its length: then the batches taken say how many images are scored.
+        self.val_images = min(scored, len(val.dataset)) if hasattr(val.dataset, "__len__") else scored
         source = "its `data:`" if self.data is not None else "the trainer's data"
         fit, score = LimitedLoader(train, batches, source), LimitedLoader(val, batches, source)
         return {"train": fit, "val": score}  # no test split: the monitor reports validation accuracy

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
 from torch import Tensor, nn
 
-from repfusion_pl.checkpoints import PROVENANCE_KEY, read_checkpoint
+from repfusion_pl.checkpoints import read_checkpoint
 from repfusion_pl.students.backbones import BackboneSpec, build_backbone, first_conv_path
 from repfusion_pl.students.card import RunRecord, model_card
 from repfusion_pl.students.weights import (
     HUB_WEIGHTS,
     STATE_DICT_SUFFIXES,
     BackboneWeights,
+    backbone_bytes,
     backbone_from_checkpoint,
     read_backbone_weights,
 )
@@ -42,7 +42,9 @@ class HubFolderError(ValueError):
     """A hub folder that cannot be written: the target holds other files, or the weights lack a spec."""
 
 
-def export_hub_folder(source: str | Path, folder: str | Path, *, license: str | None = None) -> Path:
+def export_hub_folder(
+    source: str | Path, folder: str | Path, *, license: str | None = None, repo_id: str | None = None
+) -> Path:
     """Write the student of a checkpoint (or an export) as a hub folder, complete or not at all.
 
     The files are written into a hidden folder beside ``folder`` and renamed into place; an earlier
@@ -52,12 +54,25 @@ def export_hub_folder(source: str | Path, folder: str | Path, *, license: str | 
         source: A distillation checkpoint (``.ckpt``: the card says the most) or an export.
         folder: The folder to write (parents are created).
         license: The Hub licence id for the card; ``None`` leaves the field for the user.
+        repo_id: The Hub repository it will be pushed to, for the card's usage lines.
 
     Raises:
         CheckpointError: The source is missing, unreadable or holds no student.
         HubFolderError: ``folder`` holds other files, or the source records no student spec.
     """
     weights, record = read_source(Path(source).expanduser())
+    return write_hub_folder(weights, record, folder, license=license, repo_id=repo_id)
+
+
+def write_hub_folder(
+    weights: BackboneWeights,
+    record: RunRecord,
+    folder: str | Path,
+    *,
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """`export_hub_folder` for weights and a record already read (`read_source`)."""
     spec = weights.spec
     if spec is None:
         raise HubFolderError(
@@ -70,9 +85,10 @@ def export_hub_folder(source: str | Path, folder: str | Path, *, license: str | 
     staging = _staging(target, "tmp")
     try:
         staging.mkdir()
-        save_hub_weights(weights, staging / HUB_WEIGHTS)
+        # Bytes written by us, not save_file: its file would be private (0600) in a folder meant to share.
+        (staging / HUB_WEIGHTS).write_bytes(backbone_bytes(weights, Path(weights.path).name))
         config = hub_config(weights, spec, record.image_size(), staging / "config.json")
-        (staging / "README.md").write_text(model_card(record, spec, config, license=license))
+        (staging / "README.md").write_text(model_card(record, spec, config, license=license, repo_id=repo_id))
         swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -134,14 +150,6 @@ def swap_in(staging: Path, folder: Path) -> None:
     os.replace(folder, old)
     os.replace(staging, folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def save_hub_weights(weights: BackboneWeights, path: Path) -> None:
-    """The backbone state dict as safetensors, with the provenance `read_backbone_weights` reads back."""
-    tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
-    provenance = {**weights.provenance, "exported_from": Path(weights.path).name}
-    # Bytes written by us, not save_file: its file would be private (0600) in a folder meant to share.
-    path.write_bytes(save(tensors, metadata={"format": "pt", PROVENANCE_KEY: json.dumps(provenance)}))
 
 
 def hub_config(weights: BackboneWeights, spec: BackboneSpec, image_size: int | None, path: Path) -> dict:

@@ -203,7 +203,12 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
         The written path.
     """
     weights = read_backbone_weights(checkpoint)
-    provenance = {**weights.provenance, "exported_from": str(checkpoint)}
-    tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
     # Staged beside the target and renamed: a reader never sees a half-written file.
-    return atomic_write_bytes(output, save(tensors, metadata={PROVENANCE_KEY: json.dumps(provenance)}))
+    return atomic_write_bytes(output, backbone_bytes(weights, str(checkpoint)))
+
+
+def backbone_bytes(weights: BackboneWeights, exported_from: str) -> bytes:
+    """The backbone state dict as safetensors bytes, with the provenance `read_backbone_weights` reads."""
+    tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
+    provenance = {**weights.provenance, "exported_from": exported_from}
+    return save(tensors, metadata={"format": "pt", PROVENANCE_KEY: json.dumps(provenance)})
