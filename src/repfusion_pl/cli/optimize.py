@@ -41,8 +41,9 @@ def optimize_command(args: Sequence[str]) -> None:
     """``repfusion optimize SOURCE OUTPUT [--num_workers N] [--chunk_bytes 64MB] ...``."""
     parsed = optimize_parser().parse_args(list(args))
     from repfusion_pl.data.optimize import load_source, optimize_dataset
+    from repfusion_pl.data.stream_index import is_url
 
-    if "://" in parsed.output:
+    if is_url(parsed.output):
         fail(f"write {parsed.output} locally first, then copy the folder to the object store")
     output = Path(parsed.output).expanduser()
     try:

@@ -93,8 +93,7 @@ class DeviceBatchLoader:
         return samples // self.batch_size if self.drop_last else -(-samples // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-        skip = self.sampler.skip if self.sampler.skip_epoch == self.sampler.epoch else 0
-        self.sampler.skip, self.sampler.skip_epoch = 0, -1
+        skip = self.sampler.take_skip()
         order = torch.tensor(list(DistributedSampler.__iter__(self.sampler)), device=self.device)
         epoch = self.sampler.epoch
         for batch in range(skip // self.batch_size, len(self)):
@@ -112,8 +111,4 @@ class DeviceBatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue a checkpoint's epoch after its processed batches (a new epoch starts from zero)."""
-        epoch, _ = self.progress()
-        self.sampler.set_epoch(epoch)
-        if state.get("epoch") == epoch:
-            self.sampler.skip = int(state.get("batches", 0)) * self.batch_size
-            self.sampler.skip_epoch = epoch
+        self.sampler.resume(state, self.progress()[0], self.batch_size)

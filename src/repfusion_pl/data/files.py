@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 from torch import Tensor
@@ -111,11 +112,18 @@ def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.RGB) -> Ten
     Raises:
         CorruptImageError: Naming ``path`` when the file cannot be read or decoded.
     """
-    pil_mode = _PIL_MODES[mode]
+    return F.pil_to_tensor(open_image(path, _PIL_MODES[mode], str(path)))
+
+
+def open_image(source: str | Path | IO[bytes], pil_mode: str, name: str) -> Image.Image:
+    """A file or file object decoded in full as a PIL image of ``pil_mode`` (``RGB``, ``L``, ...).
+
+    Raises:
+        CorruptImageError: Naming the image (``name``) when it cannot be read or decoded.
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             # convert() forces the full decode inside the try, so truncated files are caught here too.
-            decoded = image.convert(pil_mode)
+            return image.convert(pil_mode)
     except (OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot decode image {path}: {err}") from err
-    return F.pil_to_tensor(decoded)
+        raise CorruptImageError(f"cannot decode image {name}: {err}") from err

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from repfusion_pl.data.files import CorruptImageError
+from repfusion_pl.data.files import CorruptImageError, open_image
 from repfusion_pl.data.image_folder import read_split, read_unlabelled, split_folders
 from repfusion_pl.data.labelled_images import Samples, class_folders
 from repfusion_pl.data.stream_index import METADATA
@@ -35,11 +34,7 @@ START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else 
 
 def check_decodes(data: bytes, name: str) -> None:
     """Refuse bytes that do not decode as an image, naming where they came from."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.convert("RGB")  # a full decode: a truncated file fails here too
-    except (OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot decode image {name}: {err}") from err
+    open_image(io.BytesIO(data), "RGB", name)
 
 
 class Items:
@@ -177,7 +172,7 @@ def folder_source(root: Path) -> Source:
 
 def hf_source(path: str, split: str | None, image_column: str, label_column: str | None) -> Source:
     """A Hugging Face dataset (``save_to_disk`` folder, parquet, arrow, imagefolder, cached hub id)."""
-    from repfusion_pl.data.hf_images import check_columns
+    from repfusion_pl.data.hf_images import check_columns, class_names, column_labels
     from repfusion_pl.data.hf_sources import load_splits
 
     loaded = load_splits(path)
@@ -188,11 +183,8 @@ def hf_source(path: str, split: str | None, image_column: str, label_column: str
     for name in names:
         check_columns(loaded[name], f"split {name!r} of {path}", image_column, label_column)
     if label_column is not None:
-        feature = loaded[names[0]].features[label_column]
-        labels = loaded[names[0]][label_column]
-        classes = list(
-            getattr(feature, "names", None) or [str(i) for i in range(max(labels, default=-1) + 1)]
-        )
+        first = loaded[names[0]]
+        classes = class_names(first, label_column, column_labels(first, label_column))
     splits: dict[str, Items] = {
         (name if len(names) > 1 else ""): HFItems(path, name, image_column, label_column, len(loaded[name]))
         for name in names
@@ -267,7 +259,8 @@ def load_source(source: str, split: str | None, image_column: str, label_column:
     from repfusion_pl.data.hf_sources import is_saved_dataset
 
     root = Path(source).expanduser()
-    data_files = any(root.rglob("*.parquet")) or any(root.rglob("*.arrow")) if root.is_dir() else False
+    # One walk, stopping at the first data file (an image folder is walked once here, once to list it).
+    data_files = root.is_dir() and any(p.suffix in (".parquet", ".arrow") for p in root.rglob("*"))
     if not root.is_dir() or is_saved_dataset(root) or data_files:
         return hf_source(source, split, image_column, label_column)
     found = folder_source(root)

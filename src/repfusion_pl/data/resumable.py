@@ -59,10 +59,20 @@ class ResumableSampler(DistributedSampler):
         # on an epoch's last batch resumes into the next epoch, which must start from zero.
         self.skip, self.skip_epoch = 0, -1
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def resume(self, state: dict[str, int], epoch: int, batch_size: int) -> None:
+        """Enter ``epoch``; if a loader's ``state`` was saved in it, skip its processed batches once."""
+        self.set_epoch(epoch)
+        if state.get("epoch") == epoch:
+            self.skip, self.skip_epoch = int(state.get("batches", 0)) * batch_size, epoch
+
+    def take_skip(self) -> int:
+        """The samples to skip in the epoch about to be iterated (0 after the first call)."""
         skip = self.skip if self.skip_epoch == self.epoch else 0
         self.skip, self.skip_epoch = 0, -1
-        indices = list(super().__iter__())[skip:]
+        return skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.take_skip() :]
         return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
 
 
@@ -107,8 +117,4 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue a checkpoint's epoch after its processed batches (a new epoch starts from zero)."""
-        epoch, _ = self.progress()
-        self.resumable_sampler.set_epoch(epoch)
-        if state.get("epoch") == epoch:
-            self.resumable_sampler.skip = int(state.get("batches", 0)) * int(self.batch_size or 1)
-            self.resumable_sampler.skip_epoch = epoch
+        self.resumable_sampler.resume(state, self.progress()[0], int(self.batch_size or 1))

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from repfusion_pl.data.files import CorruptImageError
+from repfusion_pl.data.files import open_image
 from repfusion_pl.data.resumable import sample_seed
 
 # Lightning warns that a sized IterableDataset may repeat items across workers; litdata gives each
@@ -49,11 +49,7 @@ def decode_image(value: Any, mode: str, name: str) -> Tensor:
         CorruptImageError: Naming the item when its bytes cannot be decoded.
     """
     if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(value)) as image:
-                value = image.convert(mode)  # convert() decodes fully, so a truncated file fails here
-        except (OSError, ValueError) as err:
-            raise CorruptImageError(f"cannot decode image {name}: {err}") from err
+        return F.pil_to_tensor(open_image(io.BytesIO(value), mode, name))
     if isinstance(value, Image.Image):
         return F.pil_to_tensor(value.convert(mode))
     array = torch.as_tensor(np.asarray(value))
