@@ -170,6 +170,7 @@ def test_an_image_folder_data_module_names_rows_by_file_and_skips_broken_ones(
         ("empty", ("--image_size", 16), "no images below"),
         ("clutter", ("--image_size", 16), "exists and holds other files"),
         ("missing-weights", ("--image_size", 16), "do not exist"),
+        ("bare-state-dict", ("--image_size", 16), "does not record which student it holds"),
         ("taps", ("--image_size", 16, "--taps", "[layer9]"), "has no layer 'layer9'"),
         ("broken", ("--image_size", 16), "none of the 2 images could be read (first: a.png: "),
         (
@@ -192,6 +193,9 @@ def test_bad_input_is_refused_with_one_message_and_nothing_written(
         (out / "mine.txt").write_text("keep me")
     if make == "missing-weights":
         weights = tmp_path / "nope.ckpt"
+    if make == "bare-state-dict":  # weights alone: no arch, stem or channels to build the student from
+        weights = tmp_path / "bare.pth"
+        torch.save(read_backbone_weights(rgb_imagenet_checkpoint).state_dict, weights)
     if make == "broken":
         images = ("--images", tmp_path / "broken")
         for name in ("a.png", "b.jpg"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
@@ -66,17 +67,20 @@ def log_figure(loggers: Iterable[Logger], key: str, figure: Figure, step: int | 
     return received
 
 
-def log_histogram(loggers: Iterable[Logger], key: str, values: Tensor, step: int | None = None) -> list[str]:
-    """Send a histogram of ``values`` to every logger that keeps histograms (TensorBoard).
+def log_histogram(loggers: Iterable[Logger], key: str, counts: Tensor, step: int | None = None) -> list[str]:
+    """Send a histogram, value ``i`` seen ``counts[i]`` times, to each logger that keeps one (TensorBoard).
 
-    The other loggers get the end-of-run figure of the same data instead (`log_figure`).
+    The other loggers get the end-of-run figure of the same data instead (`log_figure`); the values
+    are only expanded for a logger that takes them.
 
     Returns:
         The class names of the loggers that received it.
     """
-    received = []
+    received, values = [], None
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
+            if values is None:
+                values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
             logger.experiment.add_histogram(key, values, step)
             received.append(type(logger).__name__)
     return received

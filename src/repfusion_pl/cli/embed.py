@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,7 +34,7 @@ from repfusion_pl.cli.embed_sources import ReadableItems, Source, collate, data_
 from repfusion_pl.cli.embed_store import EmbeddingStore, EmbedError, file_digest
 from repfusion_pl.data.files import DatasetLayoutError
 from repfusion_pl.probing.ridge import pooled_features
-from repfusion_pl.students import Student, load_backbone_weights, resolve_backbone
+from repfusion_pl.students import BackboneWeights, Student, load_backbone_weights, resolve_backbone
 
 EMBED_HELP = (
     "Run a distilled student (a distillation .ckpt or a `repfusion export` .safetensors) over a folder of "
@@ -86,27 +85,26 @@ def embed_parser() -> ArgumentParser:
     return parser
 
 
-def weights_file(path: str) -> str:
-    """The weights file: ``path``, or the ``model.safetensors`` of a hub folder (`repfusion export`)."""
-    inside = Path(path) / "model.safetensors"
-    return str(inside) if Path(path).is_dir() and inside.is_file() else path
-
-
-def load_student(weights_path: str, taps: list[str] | None) -> tuple[Student, str]:
+def load_student(weights_path: str, taps: list[str] | None) -> tuple[Student, BackboneWeights]:
     """The distilled student, built as its weights record, loaded strictly, in eval mode.
 
     Returns:
-        The student and a one-line description of the weights.
+        The student and its weights as read (``path``: the file, inside a hub folder too).
     """
     spec, weights = resolve_backbone(None, weights_path)
     assert weights is not None
+    if weights.spec is None:  # a bare state dict, or a timm folder: nothing says which student it is
+        raise EmbedError(
+            f"{weights.path} does not record which student it holds (arch, stem, channels); give a "
+            "distillation checkpoint (.ckpt) or a file or folder written by `repfusion export`"
+        )
     recorded = (weights.provenance.get("student") or {}).get("taps")
     try:
         student = Student.from_spec(spec, taps or recorded)
         load_backbone_weights(student.backbone, weights, target=f"the {spec.arch} student")
     except ValueError as err:  # unknown taps, or weights of another architecture
         raise EmbedError(str(err)) from err
-    return student.eval(), weights.describe()
+    return student.eval(), weights
 
 
 def embed_command(args: Sequence[str]) -> None:
@@ -128,8 +126,7 @@ def embed_command(args: Sequence[str]) -> None:
 
 def run_embed(parser: ArgumentParser, config: Namespace, device: torch.device) -> None:
     """Open (or continue) the output folder, embed its pending chunks, and assemble the result."""
-    weights = weights_file(config.weights)
-    student, described = load_student(weights, config.taps)
+    student, weights = load_student(config.weights, config.taps)
     if config.images is not None:
         source = folder_source(config.images, config.image_size, student.in_channels)
     else:
@@ -138,7 +135,7 @@ def run_embed(parser: ArgumentParser, config: Namespace, device: torch.device) -
     check_first_image(source, student, device, config.precision)
     settings = {
         **source.settings,
-        "weights_sha256": file_digest(weights),
+        "weights_sha256": file_digest(weights.path),
         "taps": student.taps,
         "precision": config.precision,
     }
@@ -146,7 +143,7 @@ def run_embed(parser: ArgumentParser, config: Namespace, device: torch.device) -
     if store.complete:
         print(f"{config.output} already holds these {store.record['embedded']} embeddings; nothing to do")
         return
-    print(f"embedding {len(source.names)} images with {described}")
+    print(f"embedding {len(source.names)} images with {weights.describe()}")
     pending = store.pending()
     todo = pending[: config.max_chunks] if config.max_chunks is not None else pending
     embed_chunks(store, source, student.to(device), todo, config, device)

@@ -83,8 +83,7 @@ class TimestepTelemetry(Callback):
         self.history.append(counts.long().tolist())
         self._counts = None  # the epoch is in the history now; a checkpoint from here has no partial counts
         if counts.sum() > 0 and trainer.is_global_zero:
-            values = torch.repeat_interleave(torch.arange(len(counts)), counts.long().cpu())
-            log_histogram(trainer.loggers, "train/timesteps", values, trainer.current_epoch)
+            log_histogram(trainer.loggers, "train/timesteps", counts, trainer.current_epoch)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks, before rank 0 writes
