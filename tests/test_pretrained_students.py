@@ -68,6 +68,17 @@ def test_torchvision_pretrained_weights_come_from_the_torch_hub_cache(torch_home
     )
 
 
+def test_a_download_cut_short_is_named_with_the_fix(torch_home):
+    torch_home.mkdir(parents=True)
+    whole = torch_home / "whole.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), whole)
+    (torch_home / "mobilenet_v2-7ebf99e0.pth").write_bytes(whole.read_bytes()[:5000])
+    with pytest.raises(
+        PretrainedWeightsError, match=r"cannot read .*mobilenet_v2-7ebf99e0\.pth.*download it again"
+    ):
+        Student("mobilenet_v2", stem="imagenet", pretrained=True)
+
+
 def test_weights_absent_from_the_cache_name_the_download(offline_hf_cache, torch_home):
     with pytest.raises(
         PretrainedWeightsError, match=r"not in the local cache.*`hf download timm/test_resnet\.r160_in1k`"

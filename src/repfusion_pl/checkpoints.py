@@ -73,6 +73,26 @@ def read_checkpoint(path: str | Path, *, expected: str = "a .ckpt written by `re
     return checkpoint
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A bare torch state dict (name -> tensor), read with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: The file is truncated, a pickle that runs code, or not a bare state dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file and a pickle with code both land here
+        raise CheckpointError(
+            f"cannot read {path} safely as a state dict (weights_only=True; {type(err).__name__}); use an "
+            "intact file from a trusted source, or convert it to .safetensors"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path} is not a bare state dict (name -> tensor); a Lightning checkpoint is read as .ckpt"
+        )
+    return state
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint made by another student, other teacher layers or another teacher.
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from repfusion_pl.checkpoints import CheckpointError, read_state_dict
+
 
 class PretrainedWeightsError(ValueError):
     """Pretrained weights that do not exist for an architecture, or are not in the local cache."""
@@ -50,7 +52,10 @@ def torchvision_weights(arch: str) -> tuple[dict[str, Tensor], str]:
             "(weights='DEFAULT')\" (set TORCH_HOME to choose the cache), then run again; or give "
             "`weights:` a state-dict file instead of `pretrained: true`"
         )
-    return torch.load(path, map_location="cpu", weights_only=True), name
+    try:
+        return read_state_dict(path), name
+    except CheckpointError as err:  # e.g. a download cut short
+        raise PretrainedWeightsError(f"{err}; delete {path} and download it again") from err
 
 
 def timm_weights_file(arch: str) -> tuple[str, str]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
@@ -26,6 +25,7 @@ from repfusion_pl.checkpoints import (
     CheckpointNotFoundError,
     atomic_write_bytes,
     read_checkpoint,
+    read_state_dict,
 )
 from repfusion_pl.students.backbones import BackboneSpec
 
@@ -95,28 +95,13 @@ def read_backbone_weights(path: str | Path) -> BackboneWeights:
             ) from err
         return BackboneWeights(state, provenance, str(path))
     if path.suffix in STATE_DICT_SUFFIXES:
-        return BackboneWeights(_read_torch_state_dict(path), {}, str(path))
+        return BackboneWeights(read_state_dict(path), {}, str(path))
     checkpoint = read_checkpoint(path, expected="a distillation checkpoint or a `repfusion export` file")
     return backbone_from_checkpoint(checkpoint, path)
 
 
 #: Suffixes read as a bare torch state dict (torchvision's and timm's downloads, ``torch.save`` files).
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
-
-
-def _read_torch_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file and a pickle with code both land here
-        raise CheckpointError(
-            f"cannot read {path} safely as a state dict (weights_only=True; {type(err).__name__}); use an "
-            "intact file from a trusted source, or convert it to .safetensors"
-        ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(
-            f"{path} is not a bare state dict (name -> tensor); a Lightning checkpoint is read as .ckpt"
-        )
-    return state
 
 
 def backbone_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> BackboneWeights:
