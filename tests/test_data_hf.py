@@ -126,6 +126,7 @@ def test_splits_come_from_the_dataset_or_a_seeded_cut(tmp_path):
     own = module(arrow, tmp_path, val_split="test")
     own.setup("fit")
     assert [len(own.splits[s]) for s in ("train", "val", "test")] == [40, 8, 8]  # val doubles as test
+    assert own.splits["test"] is own.splits["val"]  # one dataset, its labels read once
     cut = module(arrow, tmp_path, val_fraction=0.25, test_split="test")
     cut.setup("fit")
     assert [len(cut.splits[s]) for s in ("train", "val", "test")] == [30, 10, 8]

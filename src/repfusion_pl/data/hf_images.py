@@ -251,10 +251,15 @@ class HFImageDataModule(BaseDataModule):
             "test": (train_split, test, own),
         }
         for role in ("val", "test"):
-            if (name := names[role]) is not None:
-                split = self.source[name]
-                parts[role] = (split, torch.arange(len(split)), self._labels(split))
+            if (name := names[role]) is None:
+                continue
+            if role == "test" and name == names["val"]:
+                del parts["test"]  # the val split again: one dataset serves both (labels read once)
+                continue
+            split = self.source[name]
+            parts[role] = (split, torch.arange(len(split)), self._labels(split))
         self.splits = {
             role: self._dataset(split, rows, labels, role == "train")
             for role, (split, rows, labels) in parts.items()
         }
+        self.splits.setdefault("test", self.splits["val"])
