@@ -87,26 +87,24 @@ class FolderItems(Items):
 
 
 class HFItems(Items):
-    """Rows of a Hugging Face dataset split, opened in each process (memory-mapped), not pickled."""
+    """Rows of a Hugging Face dataset split: its image column undecoded and its label column.
 
-    def __init__(self, path: str, split: str, image_column: str, label_column: str | None, count: int):
-        self.path, self.split, self.count = path, split, count
-        self.image_column, self.label_column = image_column, label_column
+    A memory-mapped dataset pickles as its arrow files, so a writing process reopens it cheaply.
+    """
+
+    def __init__(self, rows: Any, where: str, image_column: str, label_column: str | None):
+        from datasets import Image as ImageFeature
+
+        columns = [image_column] if label_column is None else [image_column, label_column]
+        # decode=False: the bytes as stored, not a PIL image to encode again.
+        self.rows = rows.select_columns(columns).cast_column(image_column, ImageFeature(decode=False))
+        self.place, self.image_column, self.label_column = where, image_column, label_column
         self.labelled = label_column is not None
-        self.rows: Any = None  # opened on first read, in the process that reads
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.rows)
 
     def read(self, index: int) -> tuple[bytes, str, int]:
-        if self.rows is None:
-            from datasets import Image as ImageFeature
-
-            from repfusion_pl.data.hf_sources import load_splits
-
-            # decode=False: the bytes as stored, not a PIL image to encode again.
-            rows = load_splits(self.path)[self.split]
-            self.rows = rows.cast_column(self.image_column, ImageFeature(decode=False))
         row = self.rows[index]
         cell = row[self.image_column]
         data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
@@ -114,7 +112,7 @@ class HFItems(Items):
         return data, cell.get("path") or self.where(index), label
 
     def where(self, index: int) -> str:
-        return f"row {index} of split {self.split!r} of {self.path}"
+        return f"row {index} of {self.place}"
 
 
 _CHECKED: Items | None = None  # the items a checking process reads (set once per process)
@@ -186,7 +184,9 @@ def hf_source(path: str, split: str | None, image_column: str, label_column: str
         first = loaded[names[0]]
         classes = class_names(first, label_column, column_labels(first, label_column))
     splits: dict[str, Items] = {
-        (name if len(names) > 1 else ""): HFItems(path, name, image_column, label_column, len(loaded[name]))
+        (name if len(names) > 1 else ""): HFItems(
+            loaded[name], f"split {name!r} of {path}", image_column, label_column
+        )
         for name in names
     }
     return Source(splits, classes)
