@@ -69,20 +69,27 @@ class BaseDataModule(LightningDataModule):
         self.device_batches = device_batches
         self.splits: dict[str, Dataset] = {}
         self.views: tuple[TargetStore, ViewSpec] | None = None
+        self.view_splits: dict[str, Dataset] = {}  # what the views are read from (`serve_views`)
 
-    def serve_views(self, store: TargetStore, spec: ViewSpec) -> None:
-        """Serve the training and validation splits as the cached views of ``store`` (with their targets)."""
+    def serve_views(
+        self, store: TargetStore, spec: ViewSpec, splits: dict[str, Dataset] | None = None
+    ) -> None:
+        """Serve the training and validation splits as the cached views of ``store`` (with their targets).
+
+        ``splits``: the datasets the cache was built over, when they are readable views of this
+        module's own (`repfusion_pl.data.cache_source.cache_splits`); default its splits as they are.
+        """
         if self.device_batches:
             raise ValueError(
                 f"{type(self).__name__}: a teacher-target cache serves its views through the per-image "
                 "loader; set device_batches: false"
             )
-        self.views = (store, spec)
+        self.views, self.view_splits = (store, spec), dict(splits or {})
 
     def _served(self, split: str) -> Dataset:
-        dataset = self._split(split)
         if self.views is None:
-            return dataset
+            return self._split(split)
+        dataset = self.view_splits[split] if split in self.view_splits else self._split(split)
         store, spec = self.views
         return ViewsDataset(dataset, store, split, spec)
 

@@ -183,15 +183,11 @@ def serve_cached_views(
 ) -> None:
     """Make ``data`` serve its ``splits`` (`cache_splits`) as the cached views of ``store``.
 
-    A data module of the package serves them itself (`BaseDataModule.serve_views`), as does one that
-    defines its own ``serve_views`` (which may refuse, saying why); any other is served by the
-    package's loaders in place of its own.
+    A data module of the package serves them itself (`BaseDataModule.serve_views`, which may refuse,
+    saying why); any other is served by the package's loaders in place of its own.
     """
-    if isinstance(data, BaseDataModule) and (
-        all(data.splits.get(n) is s for n, s in splits.items())
-        or type(data).serve_views is not BaseDataModule.serve_views
-    ):
-        data.serve_views(store, spec)
+    if isinstance(data, BaseDataModule):
+        data.serve_views(store, spec, splits)
         return
     loader = data.train_dataloader()
     served = _Served(splits, int(getattr(loader, "batch_size", None) or 1), int(loader.num_workers))
